@@ -1,0 +1,1 @@
+"""The kerasrpc server: builds, trains, stores and serves Keras models."""

@@ -1,0 +1,179 @@
+"""The interceptor every RPC passes through: errors, access log and metrics.
+
+Applying one interceptor to the whole server means every RPC, present and
+future, maps errors the same way: a ServiceError becomes its status code with
+rich details, anything else becomes INTERNAL with a generic message, and no
+call ends in UNKNOWN or shows the caller a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from kerasrpc.client.tensors import TensorFormatError
+from kerasrpc.service.errors import (
+    InvalidArgument,
+    ServiceError,
+    status_code,
+    to_rpc_status,
+)
+from kerasrpc.service.metrics import ServiceMetrics
+
+logger = logging.getLogger("kerasrpc.service")
+access_logger = logging.getLogger("kerasrpc.service.access")
+
+Behavior = Callable[..., Any]
+Handler = Any  # grpc.RpcMethodHandler, whose stubs disagree with the runtime
+
+
+class _Call:
+    """What the interceptor knows about one RPC while it runs."""
+
+    def __init__(self, full_method: str, rpc_type: str, metrics: ServiceMetrics):
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.labels = (rpc_type, service, method)
+        self.full_method = full_method
+        self.metrics = metrics
+        self.started = time.perf_counter()
+        metrics.grpc_started.labels(*self.labels).inc()
+
+    def finish(self, code: grpc.StatusCode, context: grpc.ServicerContext) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.metrics.grpc_handled.labels(*self.labels, code.name).inc()
+        self.metrics.grpc_handling_seconds.labels(*self.labels).observe(elapsed)
+        access_logger.debug(
+            "%s %s %.1fms peer=%s",
+            self.full_method,
+            code.name,
+            elapsed * 1000,
+            context.peer(),
+        )
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Map errors, log access at DEBUG and count RPCs for every method."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Wrap the method's handler, whatever its streaming kind."""
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, "unary"),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method, "client_stream"),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method, "server_stream"),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream, method, "bidi_stream"),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _unary(self, behavior: Behavior, method: str, rpc_type: str) -> Behavior:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            call = _Call(method, rpc_type, self._metrics)
+            code = grpc.StatusCode.OK
+            try:
+                return behavior(request, context)
+            except BaseException as error:
+                code = _abort(error, context, method)
+                raise
+            finally:
+                call.finish(_final_code(code, context), context)
+
+        return handle
+
+    def _streaming(self, behavior: Behavior, method: str, rpc_type: str) -> Behavior:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call = _Call(method, rpc_type, self._metrics)
+            code = grpc.StatusCode.OK
+            try:
+                yield from behavior(request, context)
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException as error:
+                code = _abort(error, context, method)
+                raise
+            finally:
+                call.finish(_final_code(code, context), context)
+
+        return handle
+
+
+def _final_code(
+    code: grpc.StatusCode, context: grpc.ServicerContext
+) -> grpc.StatusCode:
+    if code == grpc.StatusCode.OK and not context.is_active():
+        return grpc.StatusCode.CANCELLED
+    set_code = _context_code(context)
+    return set_code if isinstance(set_code, grpc.StatusCode) else code
+
+
+def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    code = getattr(context, "code", lambda: None)()
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+def _abort(
+    error: BaseException, context: grpc.ServicerContext, method: str
+) -> grpc.StatusCode:
+    """Abort the call with the status that `error` maps to; return that code."""
+    already = _context_code(context)
+    if isinstance(already, grpc.StatusCode) and already != grpc.StatusCode.OK:
+        return already  # the servicer aborted the call itself
+    service_error = _as_service_error(error, method)
+    if service_error is None:
+        return grpc.StatusCode.CANCELLED
+    code = status_code(service_error)
+    context.abort_with_status(rpc_status.to_status(to_rpc_status(service_error)))
+    return code  # pragma: no cover - abort_with_status raises
+
+
+def _as_service_error(error: BaseException, method: str) -> ServiceError | None:
+    if isinstance(error, ServiceError):
+        logger.debug("%s failed: %s", method, error.message)
+        return error
+    if isinstance(error, TensorFormatError):
+        return InvalidArgument.field(error.field, error.description)
+    if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    incident = uuid.uuid4().hex[:12]
+    logger.error("%s failed (incident %s)", method, incident, exc_info=error)
+    return _internal(incident)
+
+
+def _internal(incident: str) -> ServiceError:
+    from kerasrpc.service.errors import Internal
+
+    return Internal(
+        f"the server failed to complete the call; its logs hold the details "
+        f"under incident {incident}"
+    )

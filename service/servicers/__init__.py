@@ -1,0 +1,1 @@
+"""The gRPC servicers: thin adapters between messages and the core."""

@@ -1,0 +1,134 @@
+"""The server's lifecycle: health, reflection, flags, signals and errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from tests.serve_process import ServeProcess
+
+SERVICES = (
+    "kerasrpc.v1.ModelService",
+    "kerasrpc.v1.TrainingService",
+    "kerasrpc.v1.InferenceService",
+)
+
+
+def _health(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    status: int = response.status
+    return status
+
+
+@pytest.mark.parametrize("service", ["", *SERVICES])
+def test_health_reports_serving(channel: grpc.Channel, service: str) -> None:
+    assert _health(channel, service) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_of_an_unknown_service_is_not_found(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        _health(channel, "no.such.Service")
+
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_and_describes_the_services(channel: grpc.Channel) -> None:
+    database = ProtoReflectionDescriptorDatabase(channel)
+
+    services = set(database.get_services())
+    assert set(SERVICES) <= services
+    assert "grpc.health.v1.Health" in services
+    described = database.FindFileContainingSymbol("kerasrpc.v1.TrainingService")
+    assert described.package == "kerasrpc.v1"
+
+
+def test_the_client_imports_without_tensorflow() -> None:
+    code = (
+        "import sys, kerasrpc.client, kerasrpc.client.cli; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; "
+        "assert 'keras' not in sys.modules, 'keras was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _serve(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kerasrpc.client.cli", "serve", *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "many"], "workers expected int, received 'many'"),
+        (["--listen", "nowhere"], "listen expected host:port, received 'nowhere'"),
+        (["--log-format", "xml"], "log_format expected one of text, json"),
+        (["--device", "tpu"], "device expected a GPU index"),
+        (["--max-queued-jobs", "-1"], "max_queued_jobs expected a non-negative"),
+    ],
+)
+def test_bad_flags_exit_non_zero_with_a_clear_error(
+    flags: list[str], message: str
+) -> None:
+    result = _serve(*flags)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_an_unknown_flag_is_refused() -> None:
+    result = _serve("--colour", "blue")
+
+    assert result.returncode == 2
+    assert "unrecognized arguments: --colour" in result.stderr
+
+
+def test_an_unwritable_state_directory_is_refused(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+
+    result = _serve("--state-dir", str(blocked / "state"), "--device", "cpu")
+
+    assert result.returncode == 1
+    assert f"state_dir {blocked / 'state'} is not writable" in result.stderr
+
+
+def test_an_address_in_use_is_refused(tmp_path: Path, server: Any) -> None:
+    result = _serve(
+        "--listen", server.address, "--state-dir", str(tmp_path), "--device", "cpu",
+        "--metrics-address", "",
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert f"cannot listen on {server.address}" in result.stderr
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    serving = ServeProcess(tmp_path / "state")
+    try:
+        address = serving.wait_listening()
+        with grpc.insecure_channel(address) as channel:
+            assert _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
+
+        serving.process.send_signal(signal.SIGTERM)
+
+        assert serving.process.wait(timeout=60) == 0
+        assert "received SIGTERM; stopping" in serving.output
+        assert "server stopped" in serving.output
+    finally:
+        serving.stop()
