@@ -66,15 +66,17 @@ def start_metrics_endpoint(
     """Serve the registry at http://address/metrics; port 0 picks a free port.
 
     Raises:
-        SettingsError: The address is malformed or cannot be listened on.
+        SettingsError: The address is not host:port.
+        OSError: The address cannot be listened on.
     """
     host, port = parse_address(address)
 
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as error:
-        raise SettingsError(
-            f"metrics_address {address!r}: cannot listen there: {error.strerror}"
+        raise OSError(
+            error.errno,
+            f"metrics_address {address!r}: cannot listen there: {error.strerror}",
         ) from error
 
     bound_host, bound_port = server.server_address[:2]

@@ -164,3 +164,6 @@ def _check(name: str, value: Any) -> None:
         raise SettingsError(f"{name} expected a non-negative number, received {value}")
     if name in ("listen", "metrics_address") and value and ":" not in value:
         raise SettingsError(f"{name} expected host:port, received {value!r}")
+    port = str(value).rpartition(":")[2]
+    if name == "metrics_address" and value and not port.isdigit():
+        raise SettingsError(f"{name} expected host:port, received {value!r}")
