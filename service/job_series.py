@@ -101,9 +101,10 @@ class JobSeries(Collector):
         self._expiry: list[tuple[float, JobKey]] = []
         self._finished: dict[JobKey, float] = {}
 
-    def started(self, job_id: str, model: str) -> None:
-        """Mark a job running at step 0, before its first step completes."""
+    def started(self, job_id: str, model: str, step: int = 0) -> None:
+        """Mark a job running from `step` (0, or where it resumes)."""
         children = self._children((job_id, model))
+        children.step.set(step)
         children.running.set(1)
 
     def record(

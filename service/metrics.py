@@ -25,6 +25,7 @@ QUEUE_DELAY_BUCKETS = (
 )  # fmt: skip
 
 JOB_LABELS = ("job_id", "model")
+FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 DEFAULT_JOB_SERIES_RETENTION_SECONDS = 600.0
 
 
@@ -48,9 +49,9 @@ class ServiceMetrics:
         self.device_info.labels(name, description).set(1)
         self.device_memory.set_device(name)
 
-    def job_started(self, job_id: str, model: str) -> None:
-        """Show a job as running at step 0 until its first step is recorded."""
-        self.job_series.started(job_id, model)
+    def job_started(self, job_id: str, model: str, step: int = 0) -> None:
+        """Show a job as running from `step` (0, or where it resumes)."""
+        self.job_series.started(job_id, model, step)
 
     def record_step(
         self,
@@ -102,6 +103,9 @@ class ServiceMetrics:
             ("state",),
             registry=registry,
         )
+        # Exported at 0 from the start, so that increase() sees the first end.
+        for state in FINAL_JOB_STATES:
+            self.training_jobs_finished.labels(state)
         self._job_states: set[str] = set()
 
     def _job_gauges(self, retention: float, registry: CollectorRegistry) -> None:

@@ -331,3 +331,30 @@ def test_a_chosen_port_is_used(metrics: ServiceMetrics) -> None:
         assert "kerasrpc_device_memory_bytes" in scrape(running)
     finally:
         running.stop()
+
+
+def test_final_job_states_start_at_zero_so_the_first_failure_counts(
+    endpoint: MetricsEndpoint, metrics: ServiceMetrics
+) -> None:
+    before = samples(scrape(endpoint))
+    metrics.training_jobs_finished.labels("FAILED").inc()
+    after = samples(scrape(endpoint))
+
+    name = "kerasrpc_training_jobs_finished_total"
+    assert value(before, name, state="FAILED") == 0
+    assert value(before, name, state="SUCCEEDED") == 0
+    assert value(after, name, state="FAILED") == 1
+
+
+def test_a_started_job_shows_running_at_its_first_step(
+    endpoint: MetricsEndpoint, metrics: ServiceMetrics
+) -> None:
+    metrics.job_started("fresh", "mnist")
+    metrics.job_started("resumed", "mnist", step=1200)
+
+    found = samples(scrape(endpoint))
+
+    for job_id, step in (("fresh", 0), ("resumed", 1200)):
+        job = {"job_id": job_id, "model": "mnist"}
+        assert value(found, "kerasrpc_training_job_running", **job) == 1
+        assert value(found, "kerasrpc_training_step", **job) == step
