@@ -21,6 +21,7 @@ from kerasrpc.service.keras.graph import (
 )
 from kerasrpc.service.keras.layers import KINDS, MERGE_KINDS
 from kerasrpc.service.keras.seeds import Seeds
+from kerasrpc.service.keras.signals import ShapeError
 from kerasrpc.service.keras.single_dense_model import SingleDenseModel
 from kerasrpc.service.keras.violations import Violations, which_oneof
 from kerasrpc.v1 import spec_pb2
@@ -199,13 +200,22 @@ def _check_registered(
     v.oneof(spec, "model", path)
 
     dense = _single_dense_layer(spec.single_dense)
-    node = Node(dense, f"{path}.single_dense", ["input"], kind="dense")
-    KINDS["dense"].check(dense.dense, node.path, v)
-    v.name(node.path, dense.name)
+    dense_path = f"{path}.single_dense"
+    found = len(v.items)
+    KINDS["dense"].check(dense.dense, dense_path, v)
+    if "/" in dense.name:
+        v.add(
+            f"{dense_path}.layer_name",
+            f"expected a name without '/', received layer_name={dense.name!r}",
+        )
+    if signal is None or len(v.items) > found:
+        return []
 
-    graph.signals["input"] = signal
-    infer([node], graph)
-    return [node]
+    try:
+        _, graph.parameters[dense.name] = KINDS["dense"].infer(dense.dense, [signal])
+    except ShapeError as error:
+        v.add(f"{path}.input.shape", error.description)
+    return [Node(dense, dense_path, ["input"], kind="dense")]
 
 
 def _single_dense_layer(spec: spec_pb2.SingleDenseModelSpec) -> spec_pb2.LayerSpec:
