@@ -45,7 +45,7 @@ proto-check: install
 		--mypy_out="$$tmp/proto" --mypy_grpc_out="$$tmp/proto" \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-		$$(cd "$$tmp" && ls proto/kerasrpc/v1/*.proto | sed "s|^|$$tmp/|") >/dev/null \
+		$$(cd "$$tmp" && ls proto/kerasrpc/v1/*.proto | sed "s|^|$$tmp/|") >/dev/null 2>&1 \
 	&& diff -r proto "$$tmp/proto" && echo "generated stubs are up to date"; \
 	rc=$$?; rm -rf "$$tmp"; exit $$rc
 

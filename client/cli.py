@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(commands)
     _add_info(commands)
+    _add_health(commands)
     _add_train(commands)
     _add_watch(commands)
     _add_jobs(commands)
@@ -114,6 +115,37 @@ def _info(args: argparse.Namespace) -> int:
     with Client(args.server, timeout=30) as client:
         _print_message(client.server_info())
     return 0
+
+
+def _add_health(commands: Commands) -> None:
+    health = commands.add_parser(
+        "health",
+        help="exit 0 when the server reports SERVING",
+        description="Ask the server's grpc.health.v1 service; exit 0 when it "
+        "reports SERVING, 1 otherwise.",
+    )
+    health.add_argument("--service", default="", help="one service's full name")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(run=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as error:
+            print(f"kerasrpc: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 # train and watch -----------------------------------------------------------

@@ -132,3 +132,30 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         assert "server stopped" in serving.output
     finally:
         serving.stop()
+
+
+def test_the_health_command_reports_serving(server: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrpc.client.cli", "-s", server.address, "health"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SERVING"
+
+
+def test_the_health_command_fails_when_no_server_listens() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrpc.client.cli", "-s", "127.0.0.1:1", "health",
+         "--timeout", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "UNAVAILABLE" in result.stderr
