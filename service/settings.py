@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,13 @@ class Settings:
         default=1024,
         metadata={"help": "Predict requests that may wait per model version."},
     )
+    batch_overrides: str = field(
+        default="",
+        metadata={
+            "help": "Per-model batching as JSON, overriding batch_max_size and "
+            'batch_max_delay_ms: {"model": {"max_size": 8, "max_delay_ms": 1}}.'
+        },
+    )
     model_cache_bytes: int = field(
         default=2048 * MIB,
         metadata={"help": "Memory bound of loaded model versions (LRU)."},
@@ -156,6 +164,8 @@ def _parse(kind: str, value: Any) -> Any:
 
 
 def _check(name: str, value: Any) -> None:
+    if name == "batch_overrides":
+        parse_batch_overrides(value)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise SettingsError(
             f"{name} expected one of {', '.join(_CHOICES[name])}, received {value!r}"
@@ -167,3 +177,46 @@ def _check(name: str, value: Any) -> None:
     port = str(value).rpartition(":")[2]
     if name == "metrics_address" and value and not port.isdigit():
         raise SettingsError(f"{name} expected host:port, received {value!r}")
+
+
+BATCH_OVERRIDE_KEYS = ("max_size", "max_delay_ms")
+
+
+def parse_batch_overrides(text: str) -> dict[str, dict[str, float]]:
+    """Parse batch_overrides: model name -> {"max_size": n, "max_delay_ms": ms}.
+
+    Raises:
+        SettingsError: the text is not such a JSON object.
+    """
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError as error:
+        raise SettingsError(f"batch_overrides is not valid JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise SettingsError(
+            f"batch_overrides expected a JSON object, received {text!r}"
+        )
+    return {model: _batch_override(model, value) for model, value in parsed.items()}
+
+
+def _batch_override(model: str, value: Any) -> dict[str, float]:
+    where = f"batch_overrides[{model!r}]"
+    if not isinstance(value, dict) or not set(value) <= set(BATCH_OVERRIDE_KEYS):
+        raise SettingsError(
+            f"{where} expected an object with {' and/or '.join(BATCH_OVERRIDE_KEYS)}"
+            f", received {json.dumps(value)}"
+        )
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise SettingsError(f"{where}.{key} expected a number, received {number!r}")
+        if key == "max_size" and (number < 1 or number != int(number)):
+            raise SettingsError(
+                f"{where}.{key} expected an integer >= 1, received {number!r}"
+            )
+        if number < 0:
+            raise SettingsError(
+                f"{where}.{key} expected a number >= 0, received {number!r}"
+            )
+    return {key: float(number) for key, number in value.items()}
