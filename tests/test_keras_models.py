@@ -421,3 +421,20 @@ def test_registered_model_needs_a_known_last_input_axis() -> None:
     found = violations(spec)
 
     assert "known last axis" in found["spec.registered.input.shape"]
+
+
+def test_keras_refusal_becomes_invalid_argument_at_the_layer() -> None:
+    spec = model_spec(
+        {
+            "sequential": {
+                "input": {"name": "x", "shape": [3]},
+                "layers": [{"name": "x", "dense": {"units": 2}}],
+            }
+        }
+    )
+
+    found = violations(spec)
+
+    description = found["spec.sequential.layers[0]"]
+    assert description.startswith("expected a spec Keras can build, received")
+    assert "unique names" in description

@@ -133,6 +133,8 @@ def _check_functional(
         defined.append(node.layer.name)
 
     _check_outputs(spec, path, defined, v)
+    # TODO: an input that reaches no output is accepted; the model then still
+    # asks callers to feed it at prediction time, with no use made of it.
     infer(nodes, graph)
     return nodes
 

@@ -44,7 +44,7 @@ class ShapeError(Exception):
 def show(shape: Shape) -> str:
     """Format a shape the way Keras prints it, batch axis included."""
     dims = ", ".join("None" if d is None else str(d) for d in (None, *shape))
-    return f"({dims})"
+    return f"({dims},)" if not shape else f"({dims})"
 
 
 def need_rank(signal: Signal, rank: int, what: str) -> None:
