@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from kerasrpc.v1 import inference_service_pb2_grpc
+import grpc
+from kerasrpc.client.tensors import to_array, to_tensor
+from kerasrpc.service.errors import FieldViolation, InvalidArgument
+from kerasrpc.service.inference import Prediction
+from kerasrpc.service.inference.limits import check_response_size, deadline_of
+from kerasrpc.v1 import inference_service_pb2, inference_service_pb2_grpc
 
 if TYPE_CHECKING:
     from kerasrpc.service.server import Application
@@ -15,3 +21,87 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, app: Application) -> None:
         self._app = app
+
+    def Predict(  # noqa: N802 - the gRPC method name
+        self,
+        request: inference_service_pb2.PredictRequest,
+        context: grpc.ServicerContext,
+    ) -> inference_service_pb2.PredictResponse:
+        """Predict one batch."""
+        if not request.model_name:
+            raise InvalidArgument.field("model_name", "required")
+        return self._predict(request, request.model_name, request.version, context)
+
+    def PredictStream(  # noqa: N802
+        self,
+        request_iterator: Iterator[inference_service_pb2.PredictStreamRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[inference_service_pb2.PredictStreamResponse]:
+        """Predict a stream of batches, answering each in order."""
+        first: tuple[str, int] | None = None
+        for index, message in enumerate(request_iterator):
+            request = message.request
+            model_name, version = _stream_target(request, first, index)
+            try:
+                response = self._predict(request, model_name, version, context)
+            except InvalidArgument as error:
+                raise _in_stream(error, index) from None
+            if first is None:
+                first = (response.model_name, response.version)
+            yield inference_service_pb2.PredictStreamResponse(response=response)
+
+    def _predict(
+        self,
+        request: inference_service_pb2.PredictRequest,
+        model_name: str,
+        version: int,
+        context: grpc.ServicerContext,
+    ) -> inference_service_pb2.PredictResponse:
+        inputs = {
+            name: to_array(tensor, f"inputs[{name}]")
+            for name, tensor in request.inputs.items()
+        }
+        prediction = self._app.inference.predict(
+            model_name,
+            version,
+            inputs,
+            output_names=list(request.output_names),
+            deadline=deadline_of(context.time_remaining()),
+            cancelled=lambda: not context.is_active(),
+        )
+        return self._response(prediction)
+
+    def _response(
+        self, prediction: Prediction
+    ) -> inference_service_pb2.PredictResponse:
+        outputs = prediction.outputs
+        check_response_size(outputs.values(), self._app.settings.max_message_bytes)
+        return inference_service_pb2.PredictResponse(
+            model_name=prediction.model_name,
+            version=prediction.version,
+            outputs={name: to_tensor(array) for name, array in outputs.items()},
+        )
+
+
+def _stream_target(
+    request: inference_service_pb2.PredictRequest,
+    first: tuple[str, int] | None,
+    index: int,
+) -> tuple[str, int]:
+    """Return the model and version of a stream message, reusing the first's."""
+    if request.model_name:
+        return request.model_name, request.version
+    if first is None:
+        field = "request.model_name" if index == 0 else f"[{index}].request.model_name"
+        raise InvalidArgument.field(field, "required in the stream's first message")
+    return first[0], request.version or first[1]
+
+
+def _in_stream(error: InvalidArgument, index: int) -> InvalidArgument:
+    """Name the stream message an error is about."""
+    violations = [
+        FieldViolation(f"[{index}].request.{v.field}", v.description)
+        for v in error.violations
+    ]
+    message = f"stream message {index}: {error.message}"
+    return InvalidArgument(message, violations)
