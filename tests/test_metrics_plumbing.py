@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from kerasrpc.service.device_memory import DeviceMemory, DeviceMemoryCollector
 from kerasrpc.service.job_series import JobSeries, StepValues
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.metrics_http import (
@@ -358,3 +359,26 @@ def test_a_started_job_shows_running_at_its_first_step(
         job = {"job_id": job_id, "model": "mnist"}
         assert value(found, "kerasrpc_training_job_running", **job) == 1
         assert value(found, "kerasrpc_training_step", **job) == step
+
+
+@pytest.mark.gpu
+def test_gpu_memory_follows_tensorflow_allocations() -> None:
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("no GPU is visible to TensorFlow")
+    collector = DeviceMemoryCollector("/GPU:0")
+
+    def gpu() -> DeviceMemory:
+        return {memory.device: memory for memory in collector.read()}["/GPU:0"]
+
+    before = gpu()
+    with tf.device("/GPU:0"):
+        ballast = tf.ones((64, 1024, 1024), tf.float32)
+    during = gpu()
+    del ballast
+    after = gpu()
+
+    assert during.current_bytes - before.current_bytes >= 256 * 1024 * 1024
+    assert after.current_bytes < during.current_bytes
+    assert after.peak_bytes >= during.current_bytes
