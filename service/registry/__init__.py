@@ -1,21 +1,18 @@
-"""The model registry: named models, numbered versions, on local disk."""
+"""The model registry: named models, numbered versions, on local disk.
 
-from __future__ import annotations
+Versions are written atomically under one directory, loaded lazily and kept
+in a least-recently-used cache bounded by bytes of weights.
+"""
 
-from pathlib import Path
+from kerasrpc.service.registry.export import ExportedFile, export_version
+from kerasrpc.service.registry.names import check_model_name, check_version
+from kerasrpc.service.registry.registry import LoadedVersion, ModelRegistry
 
-from kerasrpc.service.metrics import ServiceMetrics
-
-
-class ModelRegistry:
-    """Store model versions under `root` and load them for serving."""
-
-    def __init__(
-        self, root: Path, *, cache_bytes: int, metrics: ServiceMetrics
-    ) -> None:
-        self.root = root
-        self.cache_bytes = cache_bytes
-        self.metrics = metrics
-
-    def close(self) -> None:
-        """Release loaded models."""
+__all__ = [
+    "ExportedFile",
+    "LoadedVersion",
+    "ModelRegistry",
+    "check_model_name",
+    "check_version",
+    "export_version",
+]

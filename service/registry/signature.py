@@ -1,0 +1,115 @@
+"""Reading a Keras model's inputs and outputs as TensorSpec messages."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+import numpy as np
+from kerasrpc.client.tensors import data_type
+from kerasrpc.v1 import tensor_pb2
+
+
+class SignatureError(ValueError):
+    """The model's inputs or outputs cannot be determined."""
+
+
+def model_signature(
+    model: keras.Model,
+) -> tuple[list[tensor_pb2.TensorSpec], list[tensor_pb2.TensorSpec]]:
+    """Return the model's inputs and outputs: names, dtypes and shapes.
+
+    Inputs are named after their Keras InputLayer. A subclassed model has no
+    InputLayer: its one input is named after the first argument of `call` and
+    its shape is the one the model was built for. A single output is named
+    after the model's last layer; several take the model's output names.
+
+    Raises:
+        SignatureError: the model was never built, so it has no input shape.
+    """
+    symbolic = _symbolic_inputs(model)
+    if symbolic is not None:
+        inputs = [_spec(_input_name(t), t.dtype, t.shape) for t in symbolic]
+        outputs = _outputs(model, keras.tree.flatten(model.outputs))
+        return inputs, outputs
+
+    shape = _built_shape(model)
+    name = _call_argument(model)
+    dtype = model.input_dtype
+    inputs = [_spec(name, dtype, shape)]
+    spec = model.compute_output_spec(keras.KerasTensor(shape, dtype=dtype))
+    return inputs, _outputs(model, keras.tree.flatten(spec))
+
+
+def _symbolic_inputs(model: keras.Model) -> list[Any] | None:
+    """Return the model's Input tensors, or None for a subclassed model."""
+    try:
+        tensors = model.inputs
+    except AttributeError:
+        return None
+    return None if tensors is None else list(keras.tree.flatten(tensors))
+
+
+def _input_name(tensor: Any) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    return str(getattr(operation, "name", None) or tensor.name)
+
+
+def _built_shape(model: keras.Model) -> tuple[int | None, ...]:
+    config = model.get_build_config() if model.built else None
+    shape = (config or {}).get("input_shape")
+    if not shape or not isinstance(shape[0], int | None):
+        raise SignatureError(
+            f"the model {model.name!r} was never built or called on one input, "
+            "so its input shape is unknown"
+        )
+    return tuple(shape)
+
+
+def _call_argument(model: keras.Model) -> str:
+    parameters = list(inspect.signature(model.call).parameters)
+    return parameters[0] if parameters else "inputs"
+
+
+def _outputs(model: keras.Model, tensors: list[Any]) -> list[tensor_pb2.TensorSpec]:
+    names = _output_names(model, len(tensors))
+    return [_spec(n, t.dtype, t.shape) for n, t in zip(names, tensors, strict=True)]
+
+
+def _output_names(model: keras.Model, count: int) -> list[str]:
+    declared = getattr(model, "output_names", None)
+    if declared and len(declared) == count:
+        return [str(name) for name in declared]
+    if count == 1:
+        return [model.layers[-1].name if model.layers else model.name]
+    return [f"output_{i}" for i in range(count)]
+
+
+def _spec(name: str, dtype: Any, shape: Any) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(
+        name=name,
+        dtype=_data_type(dtype),  # type: ignore[arg-type]
+        shape=[-1 if d is None else int(d) for d in shape],
+    )
+
+
+def _data_type(dtype: Any) -> int:
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bfloat16":
+        return tensor_pb2.DATA_TYPE_BFLOAT16
+    try:
+        return data_type(np.dtype(name))
+    except (TypeError, ValueError):
+        return tensor_pb2.DATA_TYPE_UNSPECIFIED
+
+
+def weights_bytes(model: keras.Model) -> int:
+    """Estimate the memory a model holds from its variables' sizes."""
+    total = 0
+    for variable in model.weights:
+        name = keras.backend.standardize_dtype(variable.dtype)
+        itemsize = 2 if name == "bfloat16" else np.dtype(name).itemsize
+        total += int(np.prod(variable.shape, dtype=np.int64)) * itemsize
+    return total
