@@ -77,6 +77,7 @@ class _JobChildren:
     examples_per_second: Gauge
     running: Gauge
     metrics: dict[str, Gauge] = field(default_factory=dict)
+    other_metric_names: set[str] = field(default_factory=set)
 
 
 class JobSeries(Collector):
@@ -127,15 +128,16 @@ class JobSeries(Collector):
     def finished(self, job_id: str, model: str, metric_names: Iterable[str]) -> None:
         """Mark a job ended; its series go once the retention has passed."""
         key = (job_id, model)
-        children = self._children(key)
-        children.running.set(0)
-        for name in metric_names:
-            self._metric_child(job_id, model, children, name)
-
         deadline = self._clock() + self._retention
         with self._lock:
+            children = self._jobs.get(key)
+            if children is None:
+                return  # it never started: it has no series
+            children.other_metric_names.update(metric_names)
             self._finished[key] = deadline
             heapq.heappush(self._expiry, (deadline, key))
+
+        children.running.set(0)
         self.sweep()
 
     def sweep(self) -> int:
@@ -205,7 +207,9 @@ class JobSeries(Collector):
     def _remove(self, key: JobKey, children: _JobChildren | None) -> None:
         for gauge in self._gauges.per_job():
             gauge.remove(*key)
-        names = children.metrics if children is not None else {}
+        names = set()
+        if children is not None:
+            names = children.metrics.keys() | children.other_metric_names
         for name in names:
             self._gauges.metric.remove(*key, name)
         logger.debug("dropped the metric series of finished job %s", key[0])

@@ -382,3 +382,13 @@ def test_gpu_memory_follows_tensorflow_allocations() -> None:
     assert during.current_bytes - before.current_bytes >= 256 * 1024 * 1024
     assert after.current_bytes < during.current_bytes
     assert after.peak_bytes >= during.current_bytes
+
+
+def test_a_job_that_never_started_leaves_no_series(
+    endpoint: MetricsEndpoint, metrics: ServiceMetrics
+) -> None:
+    metrics.job_finished("never-ran", "mnist", ["accuracy"])
+
+    found = samples(scrape(endpoint))
+
+    assert not any(("job_id", "never-ran") in labels for _, labels in found)
