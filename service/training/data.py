@@ -1,0 +1,287 @@
+"""Reading a DataSource into feature and label arrays, with checks."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from kerasrpc.client.tensors import TensorFormatError, to_array
+from kerasrpc.service.errors import InvalidArgument, NotFound
+from kerasrpc.service.training.datasets import DatasetStore
+from kerasrpc.v1 import spec_pb2
+
+Array = npt.NDArray[Any]
+FINITE_CHECK_ROWS = 65536
+
+_EXTENSIONS: dict[str, int] = {
+    ".npz": spec_pb2.DATA_FORMAT_NPZ,
+    ".csv": spec_pb2.DATA_FORMAT_CSV,
+    ".tfrecord": spec_pb2.DATA_FORMAT_TFRECORD,
+    ".tfrecords": spec_pb2.DATA_FORMAT_TFRECORD,
+}
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Features and labels with as many rows, and the field they came from."""
+
+    features: Array
+    labels: Array
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, start: int, stop: int) -> Examples:
+        """Return the rows [start, stop) (views, no copy)."""
+        return Examples(self.features[start:stop], self.labels[start:stop], self.path)
+
+
+def read_source(
+    source: spec_pb2.DataSource, path: str, data_root: Path, datasets: DatasetStore
+) -> Examples:
+    """Return the examples a data source names, checked.
+
+    Raises:
+        InvalidArgument: the source is unset, cannot be read, leaves the data
+            root, or holds mismatched, non-numeric or non-finite values.
+    """
+    kind = source.WhichOneof("source")
+    if kind is None:
+        raise InvalidArgument.field(
+            path, "expected inline, dataset_id or file, received none"
+        )
+    if kind == "inline":
+        features, labels = _inline(source.inline, f"{path}.inline")
+    elif kind == "dataset_id":
+        features, labels = _dataset(source.dataset_id, f"{path}.dataset_id", datasets)
+    else:
+        features, labels = read_file(source.file, f"{path}.file", data_root)
+    examples = Examples(features, labels, f"{path}.{kind}")
+    check_examples(examples)
+    return examples
+
+
+def _inline(data: spec_pb2.InlineData, path: str) -> tuple[Array, Array]:
+    try:
+        return (
+            to_array(data.features, f"{path}.features"),
+            to_array(data.labels, f"{path}.labels"),
+        )
+    except TensorFormatError as error:
+        raise InvalidArgument.field(error.field, error.description) from None
+
+
+def _dataset(dataset_id: str, path: str, datasets: DatasetStore) -> tuple[Array, Array]:
+    try:
+        return datasets.arrays(dataset_id)
+    except NotFound:
+        raise InvalidArgument.field(
+            path, f"expected the id of an uploaded dataset, received {dataset_id!r}"
+        ) from None
+
+
+def check_examples(examples: Examples) -> None:
+    """Check rows, dtypes and finiteness of features and labels."""
+    for array, name in ((examples.features, "features"), (examples.labels, "labels")):
+        field = f"{examples.path}.{name}"
+        if array.ndim == 0 or len(array) == 0:
+            raise InvalidArgument.field(
+                field,
+                f"expected (examples, ...) with examples, received shape "
+                f"{list(array.shape)}",
+            )
+        if array.dtype.kind not in "biuf":
+            raise InvalidArgument.field(
+                field, f"expected a numeric dtype, received {array.dtype.name}"
+            )
+        _check_finite(array, field)
+    if len(examples.features) != len(examples.labels):
+        raise InvalidArgument.field(
+            f"{examples.path}.labels",
+            f"expected {len(examples.features)} examples like the features, "
+            f"received {len(examples.labels)}",
+        )
+
+
+def _check_finite(array: Array, field: str) -> None:
+    if array.dtype.kind != "f":
+        return
+    for start in range(0, len(array), FINITE_CHECK_ROWS):
+        block = np.asarray(array[start : start + FINITE_CHECK_ROWS])
+        finite = np.isfinite(block)
+        if not finite.all():
+            row = start + int(np.argwhere(~finite)[0][0])
+            raise InvalidArgument.field(
+                field,
+                f"expected finite values, received NaN or infinity at example {row}",
+            )
+
+
+# ---------------------------------------------------------------------------
+# Files under the data root
+# ---------------------------------------------------------------------------
+
+
+def read_file(
+    data: spec_pb2.DataFile, path: str, data_root: Path
+) -> tuple[Array, Array]:
+    """Read a data file under the data root."""
+    file = resolve_path(data.path, f"{path}.path", data_root)
+    data_format = int(data.format) or _EXTENSIONS.get(file.suffix.lower(), 0)
+    if data_format == spec_pb2.DATA_FORMAT_NPZ:
+        return _read_npz(file, data, path)
+    if data_format == spec_pb2.DATA_FORMAT_CSV:
+        return _read_csv(file, data, path)
+    if data_format == spec_pb2.DATA_FORMAT_TFRECORD:
+        return _read_tfrecord(file, data, path)
+    raise InvalidArgument.field(
+        f"{path}.format",
+        f"expected a format, or a path ending in .npz, .csv or .tfrecord, "
+        f"received {data.path!r}",
+    )
+
+
+def resolve_path(relative: str, path: str, data_root: Path) -> Path:
+    """Return the file a relative path names, refusing any that leave the root."""
+    root = data_root.resolve()
+    if not relative:
+        raise InvalidArgument.field(path, "expected a path under the data root")
+    if os.path.isabs(relative) or ".." in Path(relative).parts:
+        raise InvalidArgument.field(
+            path,
+            f"expected a relative path under the data root, received {relative!r}",
+        )
+    file = (root / relative).resolve()
+    if not file.is_relative_to(root):
+        raise InvalidArgument.field(
+            path,
+            f"expected a path that stays under the data root, received "
+            f"{relative!r}, which leads outside it",
+        )
+    if not file.is_file():
+        raise InvalidArgument.field(
+            path,
+            f"expected a file under the data root, received {relative!r}, "
+            "which does not exist",
+        )
+    return file
+
+
+def _read_npz(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
+    keys = (data.features_key or "features", data.labels_key or "labels")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                field = "features_key" if missing[0] == keys[0] else "labels_key"
+                raise InvalidArgument.field(
+                    f"{path}.{field}",
+                    f"expected an array of {data.path!r} (one of "
+                    f"{sorted(archive.files)}), received {missing[0]!r}",
+                )
+            return archive[keys[0]], archive[keys[1]]
+    except (OSError, ValueError) as error:
+        raise InvalidArgument.field(
+            f"{path}.path", f"expected a readable .npz file, received {error}"
+        ) from None
+
+
+def _read_csv(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
+    # TODO: CSV files are read whole into memory; files larger than RAM fail
+    # to load and should be converted to an uploaded dataset first.
+    with file.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise InvalidArgument.field(
+                f"{path}.path",
+                "expected a CSV file with a header row, received an empty file",
+            )
+        label_columns = _label_columns(header, data, path)
+        try:
+            rows = np.array([[float(v) for v in row] for row in reader if row])
+        except ValueError as error:
+            raise InvalidArgument.field(
+                f"{path}.path", f"expected numbers in every CSV cell, received {error}"
+            ) from None
+    if rows.ndim != 2 or rows.shape[1] != len(header):
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected {len(header)} columns in every row, received ragged rows",
+        )
+    feature_columns = [i for i in range(len(header)) if i not in label_columns]
+    values = rows.astype(np.float32)
+    return values[:, feature_columns], values[:, label_columns]
+
+
+def _label_columns(header: list[str], data: spec_pb2.DataFile, path: str) -> list[int]:
+    if not data.label_columns:
+        return [len(header) - 1]
+    columns = []
+    for i, name in enumerate(data.label_columns):
+        if name not in header:
+            raise InvalidArgument.field(
+                f"{path}.label_columns[{i}]",
+                f"expected one of the header's columns {header}, received {name!r}",
+            )
+        columns.append(header.index(name))
+    return columns
+
+
+def _read_tfrecord(
+    file: Path, data: spec_pb2.DataFile, path: str
+) -> tuple[Array, Array]:
+    import tensorflow as tf
+
+    keys = (data.features_key or "features", data.labels_key or "labels")
+    shapes = (list(data.features_shape), list(data.labels_shape))
+    columns: tuple[list[Array], list[Array]] = ([], [])
+    try:
+        for i, raw in enumerate(tf.data.TFRecordDataset(str(file)).as_numpy_iterator()):
+            example = tf.train.Example.FromString(raw)
+            for key, column in zip(keys, columns, strict=True):
+                column.append(_float_feature(example, key, i, path))
+    except tf.errors.OpError as error:
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected a readable TFRecord file, received {error.message}",
+        ) from None
+    return (
+        _reshape(columns[0], shapes[0], f"{path}.features_shape"),
+        _reshape(columns[1], shapes[1], f"{path}.labels_shape"),
+    )
+
+
+def _float_feature(example: Any, key: str, index: int, path: str) -> Array:
+    feature = example.features.feature
+    if key not in feature or feature[key].WhichOneof("kind") != "float_list":
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected a float feature {key!r} in every record, record {index} "
+            "has none",
+        )
+    return np.asarray(feature[key].float_list.value, dtype=np.float32)
+
+
+def _reshape(rows: list[Array], shape: list[int], path: str) -> Array:
+    if not rows:
+        return np.zeros((0,), np.float32)
+    sizes = {len(row) for row in rows}
+    if len(sizes) != 1:
+        raise InvalidArgument.field(
+            path, f"expected records of equal length, received lengths {sorted(sizes)}"
+        )
+    size = sizes.pop()
+    target = shape or [size]
+    if math.prod(target) != size:
+        raise InvalidArgument.field(
+            path, f"expected a shape of {size} values, received {target}"
+        )
+    return np.stack(rows).reshape((len(rows), *target))
