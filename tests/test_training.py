@@ -15,6 +15,7 @@ from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
 from kerasrpc.client.specs import load_document, parse_message
 from kerasrpc.v1 import spec_pb2, training_service_pb2
+
 from tests.training_support import (
     check_log_shape,
     compile_spec,
@@ -229,7 +230,8 @@ def test_server_info_names_device_and_limits(client: Client, server: Any) -> Non
     info = client.server_info()
 
     assert info.device == "/CPU:0"
-    assert info.tensorflow_version and info.keras_version == keras.__version__
+    assert info.tensorflow_version
+    assert info.keras_version == keras.__version__
     assert info.max_concurrent_jobs == server.app.settings.max_concurrent_jobs
     assert info.max_queued_jobs == server.app.settings.max_queued_jobs
     assert info.max_receive_message_bytes == server.app.settings.max_message_bytes
@@ -286,4 +288,5 @@ def test_wall_time_and_throughput_are_reported(client: Client) -> None:
 
     assert all(s.examples_per_second > 0 for s in streamed)
     walls = [s.wall_time_seconds for s in streamed]
-    assert walls == sorted(walls) and 0 <= walls[-1] < time.time() - started + 1
+    assert walls == sorted(walls)
+    assert 0 <= walls[-1] < time.time() - started + 1
