@@ -116,6 +116,15 @@ class InferenceEngine:
         finally:
             self._record(labels, code, time.perf_counter() - started)
 
+    def warm(self, model_name: str, version: int = 0) -> int:
+        """Load and compile a version (0: the latest) for serving; return its number.
+
+        Raises:
+            NotFound: no such model or version.
+            FailedPrecondition: the version cannot be loaded.
+        """
+        return self._serve(model_name, version).loaded.version
+
     def close(self) -> None:
         """Stop the batching threads; requests still queued fail as unavailable."""
         with self._lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -61,13 +61,14 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             name: to_array(tensor, f"inputs[{name}]")
             for name, tensor in request.inputs.items()
         }
+        deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             model_name,
             version,
             inputs,
             output_names=list(request.output_names),
-            deadline=deadline_of(context.time_remaining()),
-            cancelled=lambda: not context.is_active(),
+            deadline=deadline,
+            cancelled=cancelled,
         )
         return self._response(prediction)
 
@@ -81,6 +82,13 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             version=prediction.version,
             outputs={name: to_tensor(array) for name, array in outputs.items()},
         )
+
+
+def caller_limits(
+    context: grpc.ServicerContext,
+) -> tuple[float | None, Callable[[], bool]]:
+    """Return the call's deadline (time.monotonic()) and whether it was cancelled."""
+    return deadline_of(context.time_remaining()), lambda: not context.is_active()
 
 
 def _stream_target(

@@ -1,0 +1,191 @@
+"""TensorFlow Serving's PredictionService, for its existing clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+from google.protobuf import any_pb2
+from kerasrpc.client.tensors import numpy_dtype
+from kerasrpc.service.errors import FieldViolation, InvalidArgument
+from kerasrpc.service.inference.limits import check_response_size
+from kerasrpc.service.servicers.inference import caller_limits
+from kerasrpc.v1 import tensor_pb2
+from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from kerasrpc.service.server import Application
+
+Array = npt.NDArray[Any]
+PROTOCOL = "tf_serving"
+SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    """Serve tensorflow.serving.PredictionService from the model registry.
+
+    Each version has one signature, "serving_default", whose inputs and
+    outputs are the model's. Classify, Regress and MultiInference answer
+    UNIMPLEMENTED.
+    """
+
+    def __init__(self, app: Application) -> None:
+        self._app = app
+
+    def Predict(  # noqa: N802 - the protocol's method names
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        """Predict one batch of TensorProto inputs."""
+        model_name, version = model_target(request.model_spec)
+        inputs = decode_inputs(request.inputs)
+        deadline, cancelled = caller_limits(context)
+        prediction = self._app.inference.predict(
+            model_name,
+            version,
+            inputs,
+            output_names=list(request.output_filter),
+            deadline=deadline,
+            protocol=PROTOCOL,
+            cancelled=cancelled,
+        )
+        check_response_size(
+            prediction.outputs.values(), self._app.settings.max_message_bytes
+        )
+        return predict_pb2.PredictResponse(
+            model_spec=_answered_spec(model_name, prediction.version),
+            outputs={
+                name: tf.make_tensor_proto(array)
+                for name, array in prediction.outputs.items()
+            },
+        )
+
+    def GetModelMetadata(  # noqa: N802
+        self,
+        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        context: grpc.ServicerContext,
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """Describe a version's serving_default signature."""
+        model_name, version = model_target(request.model_spec)
+        fields = list(request.metadata_field)
+        if fields != [SIGNATURE_DEF_FIELD]:
+            raise InvalidArgument.field(
+                "metadata_field",
+                f"expected [{SIGNATURE_DEF_FIELD!r}], received {fields}",
+            )
+        number, inputs, outputs = self._app.registry.signature(model_name, version)
+        packed = any_pb2.Any()
+        packed.Pack(
+            get_model_metadata_pb2.SignatureDefMap(
+                signature_def={SIGNATURE: _signature_def(inputs, outputs)}
+            )
+        )
+        return get_model_metadata_pb2.GetModelMetadataResponse(
+            model_spec=_answered_spec(model_name, number),
+            metadata={SIGNATURE_DEF_FIELD: packed},
+        )
+
+
+def model_target(spec: model_pb2.ModelSpec) -> tuple[str, int]:
+    """Return the model name and version (0: the latest) a ModelSpec names.
+
+    Raises:
+        InvalidArgument: no name, a version label, or another signature.
+    """
+    violations = []
+    if not spec.name:
+        violations.append(FieldViolation("model_spec.name", "required"))
+    if spec.version_label:
+        violations.append(
+            FieldViolation(
+                "model_spec.version_label",
+                "version labels are not supported; set model_spec.version",
+            )
+        )
+    if spec.signature_name not in ("", SIGNATURE):
+        violations.append(
+            FieldViolation(
+                "model_spec.signature_name",
+                f"expected {SIGNATURE!r}, received {spec.signature_name!r}",
+            )
+        )
+    if violations:
+        raise InvalidArgument.fields(violations)
+    version = spec.version.value if spec.HasField("version") else 0
+    return spec.name, version
+
+
+def decode_inputs(inputs: Mapping[str, tf_tensor_pb2.TensorProto]) -> dict[str, Array]:
+    """Decode TensorProto inputs into arrays by name.
+
+    Raises:
+        InvalidArgument: naming each input that is not a numeric tensor.
+    """
+    arrays: dict[str, Array] = {}
+    violations: list[FieldViolation] = []
+    for name, proto in inputs.items():
+        try:
+            arrays[name] = _to_array(proto)
+        except (TypeError, ValueError) as error:
+            violations.append(FieldViolation(f"inputs[{name}]", str(error)))
+    if violations:
+        raise InvalidArgument.fields(violations)
+    return arrays
+
+
+def _to_array(proto: tf_tensor_pb2.TensorProto) -> Array:
+    """Decode one TensorProto; packed tensor_content is read without a copy."""
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    if dtype == tf.string or dtype.is_quantized or dtype.is_complex:
+        raise ValueError(f"expected a numeric dtype, received {dtype.name}")
+    shape = [int(dim.size) for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise ValueError(f"expected sizes >= 0, received {shape}")
+    if not proto.tensor_content:
+        return np.asarray(tf.make_ndarray(proto))
+    numpy_type = np.dtype(dtype.as_numpy_dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * numpy_type.itemsize
+    if len(proto.tensor_content) != expected:
+        raise ValueError(
+            f"expected {expected} bytes of tensor_content for {dtype.name} and "
+            f"shape {shape}, received {len(proto.tensor_content)}"
+        )
+    return np.frombuffer(proto.tensor_content, dtype=numpy_type).reshape(shape)
+
+
+def _answered_spec(model_name: str, version: int) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE)
+    spec.version.value = version
+    return spec
+
+
+def _signature_def(
+    inputs: list[tensor_pb2.TensorSpec], outputs: list[tensor_pb2.TensorSpec]
+) -> meta_graph_pb2.SignatureDef:
+    return meta_graph_pb2.SignatureDef(
+        inputs={spec.name: _tensor_info(spec) for spec in inputs},
+        outputs={spec.name: _tensor_info(spec) for spec in outputs},
+        method_name=PREDICT_METHOD,
+    )
+
+
+def _tensor_info(spec: tensor_pb2.TensorSpec) -> meta_graph_pb2.TensorInfo:
+    dtype = tf.as_dtype(numpy_dtype(spec.dtype))
+    shape = tf.TensorShape([None if size < 0 else size for size in spec.shape])
+    return meta_graph_pb2.TensorInfo(
+        name=f"{spec.name}:0",
+        dtype=dtype.as_datatype_enum,
+        tensor_shape=shape.as_proto(),
+    )

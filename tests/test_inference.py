@@ -1,0 +1,373 @@
+"""InferenceService over a real server: predictions, errors, versions, limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from kerasrpc.client import Client, KerasRpcError
+
+from tests.inference_models import (
+    BUILDERS,
+    example_inputs,
+    reference,
+    store,
+    unique,
+)
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def error_of(call: Any) -> KerasRpcError:
+    """Run `call` and return the KerasRpcError it raises."""
+    with pytest.raises(KerasRpcError) as raised:
+        call()
+    return raised.value
+
+
+def sample(server: Any, name: str, labels: dict[str, str]) -> float:
+    """Return a metric sample of a server, 0 when absent."""
+    value = server.app.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+@pytest.mark.parametrize("style", sorted(BUILDERS))
+def test_predictions_equal_the_model_in_process(
+    client: Client, tmp_path: Path, style: str
+) -> None:
+    stored = store(client, tmp_path, style)
+
+    outputs = client.predict(stored.name, stored.inputs)
+
+    expected = stored.expected()
+    assert set(outputs) == set(expected)
+    for name, value in expected.items():
+        assert outputs[name].dtype == value.dtype
+        np.testing.assert_allclose(outputs[name], value, **TOLERANCE)
+
+
+def test_a_single_input_model_accepts_its_input_under_any_name(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+
+    outputs = client.predict(stored.name, stored.inputs["features"])
+
+    np.testing.assert_allclose(
+        outputs["scores"], stored.expected()["scores"], **TOLERANCE
+    )
+
+
+def test_output_names_select_outputs_and_unknown_ones_list_the_known(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "functional")
+
+    only = client.predict(stored.name, stored.inputs, outputs=["second"])
+    error = error_of(lambda: client.predict(stored.name, stored.inputs, outputs=["x"]))
+
+    assert set(only) == {"second"}
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.violations[0].field == "output_names[0]"
+    assert "first, second" in error.violations[0].description
+
+
+def test_predict_stream_answers_in_order_reusing_the_first_target(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    batches = [example_inputs("sequential", n) for n in (1, 5, 3)]
+    from kerasrpc.client.client import predict_request
+    from kerasrpc.client.tensors import to_array
+    from kerasrpc.v1 import inference_service_pb2
+
+    requests = [predict_request(stored.name, b, 0, []) for b in batches]
+    for later in requests[1:]:
+        later.model_name = ""
+    stream = client.inference.PredictStream(
+        iter(inference_service_pb2.PredictStreamRequest(request=r) for r in requests),
+        timeout=60,
+    )
+    responses = [message.response for message in stream]
+
+    assert [r.version for r in responses] == [stored.version] * 3
+    for batch, response in zip(batches, responses, strict=True):
+        got = to_array(response.outputs["scores"])
+        np.testing.assert_allclose(got, stored.model(batch["features"]), **TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "words"),
+    [
+        ({"features": np.zeros((2, 2, 8), "int64")}, "inputs[features].dtype",
+         "expected float32, received int64"),
+        ({"features": np.zeros((2, 3, 8), "float32")}, "inputs[features].shape",
+         "expected [None, 2, 8]"),
+        ({"features": np.zeros((2, 8), "float32")}, "inputs[features].shape",
+         "received [2, 8]"),
+        ({"features": np.zeros((1, 2, 8), "float32"), "extra": np.zeros(1)},
+         "inputs[extra]", "unknown input"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_name_the_field(
+    client: Client, tmp_path: Path, inputs: dict[str, Any], field: str, words: str
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+
+    error = error_of(lambda: client.predict(stored.name, inputs))
+
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.violations[0].field == field
+    assert words in error.violations[0].description
+
+
+def test_missing_inputs_and_unequal_batches_are_refused(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "functional")
+    left, right = np.zeros((2, 3), "float32"), np.zeros((3, 4), "float32")
+
+    missing = error_of(lambda: client.predict(stored.name, {"left": left}))
+    unequal = error_of(
+        lambda: client.predict(stored.name, {"left": left, "right": right})
+    )
+
+    assert missing.violations[0].field == "inputs[right]"
+    assert "missing" in missing.violations[0].description
+    assert unequal.violations[0].field == "inputs[right].shape[0]"
+    assert "expected batch size 2" in unequal.violations[0].description
+
+
+def test_unknown_models_and_versions_are_not_found(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+
+    model = error_of(lambda: client.predict(unique("absent"), stored.inputs))
+    version = error_of(lambda: client.predict(stored.name, stored.inputs, version=9))
+
+    assert model.code == grpc.StatusCode.NOT_FOUND
+    assert version.code == grpc.StatusCode.NOT_FOUND
+    assert "9" in version.message
+
+
+def test_concurrent_requests_reach_the_version_they_name(
+    client: Client, tmp_path: Path
+) -> None:
+    name = unique("versions")
+    first = store(client, tmp_path, "sequential", name=name, model=reference(1))
+    second = store(client, tmp_path, "sequential", name=name, model=reference(2))
+    x = example_inputs("sequential", 3)
+    expected = {
+        v: np.asarray(s.model(x["features"]))
+        for v, s in ((first.version, first), (second.version, second), (0, second))
+    }
+
+    def ask(version: int) -> tuple[int, np.ndarray]:
+        return version, client.predict(name, x, version=version)["scores"]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(ask, [first.version, second.version, 0] * 8))
+
+    for version, scores in results:
+        np.testing.assert_allclose(scores, expected[version], **TOLERANCE)
+    assert not np.allclose(expected[first.version], expected[second.version])
+
+
+def test_concurrent_requests_are_merged_and_overrides_turn_it_off(
+    start_server: Any, tmp_path: Path
+) -> None:
+    solo = unique("solo")
+    running = start_server(
+        batch_max_delay_ms=100, batch_overrides=f'{{"{solo}": {{"max_size": 1}}}}'
+    )
+    with Client(running.address, timeout=60) as client:
+        merged = store(client, tmp_path, "sequential")
+        alone = store(client, tmp_path, "sequential", name=solo)
+        rows = [example_inputs("sequential", 1) for _ in range(8)]
+
+        for stored in (merged, alone):
+            with ThreadPoolExecutor(8) as pool:
+                got = list(
+                    pool.map(lambda x, s=stored: client.predict(s.name, x), rows)
+                )
+            for x, outputs in zip(rows, got, strict=True):
+                want = stored.model(x["features"])
+                np.testing.assert_allclose(outputs["scores"], want, **TOLERANCE)
+
+    def batches(name: str) -> tuple[float, float]:
+        labels = {"model": name}
+        count = sample(running, "kerasrpc_predict_batch_size_count", labels)
+        return count, sample(running, "kerasrpc_predict_batch_size_sum", labels)
+
+    merged_count, merged_examples = batches(merged.name)
+    assert merged_examples == 8
+    assert merged_count < 8
+    assert batches(solo) == (8, 8)
+    assert sample(running, "kerasrpc_predict_queue_delay_seconds_count",
+                  {"model": merged.name}) == 8  # fmt: skip
+
+
+def test_a_deadline_shorter_than_the_queue_delay_is_never_computed(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(batch_max_delay_ms=800)
+    with Client(running.address, timeout=60) as client:
+        stored = store(client, tmp_path, "sequential")
+        client.predict(stored.name, np.zeros((64, 2, 8), "float32"))  # bypasses
+        computed = {"model": stored.name}
+        before = sample(running, "kerasrpc_predict_batch_size_count", computed)
+
+        error = error_of(
+            lambda: client.predict(stored.name, stored.inputs, timeout=0.2)
+        )
+        time.sleep(1.0)
+
+    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert sample(running, "kerasrpc_predict_batch_size_count", computed) == before
+    refused = {"model": stored.name, "version": str(stored.version),
+               "protocol": "kerasrpc", "code": "DEADLINE_EXCEEDED"}  # fmt: skip
+    assert sample(running, "kerasrpc_predict_requests_total", refused) == 1
+    assert sample(running, "kerasrpc_predict_queue_depth", computed) == 0
+
+
+def test_a_full_queue_refuses_with_resource_exhausted(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(batch_max_delay_ms=500, batch_queue_limit=1)
+    with Client(running.address, timeout=60) as client:
+        stored = store(client, tmp_path, "sequential")
+        client.predict(stored.name, stored.inputs)
+
+        def ask(_: int) -> str:
+            try:
+                client.predict(stored.name, example_inputs("sequential", 1))
+            except KerasRpcError as error:
+                return error.code.name
+            return "OK"
+
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(ask, range(4)))
+
+    assert "OK" in codes
+    assert "RESOURCE_EXHAUSTED" in codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
+
+
+def test_deleting_a_version_in_use_lets_running_predictions_finish(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(batch_max_delay_ms=400)
+    with Client(running.address, timeout=60) as client:
+        stored = store(client, tmp_path, "sequential")
+        client.predict(stored.name, stored.inputs)
+        depth = {"model": stored.name}
+
+        with ThreadPoolExecutor(4) as pool:
+            waiting = [
+                pool.submit(client.predict, stored.name, stored.inputs)
+                for _ in range(4)
+            ]
+            while sample(running, "kerasrpc_predict_queue_depth", depth) < 4:
+                time.sleep(0.01)
+            client.delete_version(stored.name, stored.version)
+            finished = [future.result() for future in waiting]
+
+        gone = error_of(lambda: client.predict(stored.name, stored.inputs))
+
+    for outputs in finished:
+        np.testing.assert_allclose(outputs["scores"], stored.expected()["scores"],
+                                   **TOLERANCE)  # fmt: skip
+    assert gone.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_restarted_server_predicts_from_a_stored_version(
+    start_server: Any, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = start_server(state_dir=state)
+    with Client(first.address, timeout=60) as client:
+        stored = store(client, tmp_path, "functional")
+    first.stop(grace=1.0)
+
+    second = start_server(state_dir=state)
+    with Client(second.address, timeout=60) as client:
+        outputs = client.predict(stored.name, stored.inputs, version=stored.version)
+
+    for name, value in stored.expected().items():
+        np.testing.assert_allclose(outputs[name], value, **TOLERANCE)
+
+
+def test_messages_over_the_limit_are_refused_both_ways(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(max_message_bytes=1 << 20)
+    with Client(running.address, timeout=60, max_message_bytes=1 << 26) as client:
+        stored = store(client, tmp_path, "sequential")
+        big_request = np.zeros((20_000, 2, 8), "float32")  # 1.28 MB in
+        big_response = np.zeros((9_000, 2, 8), "float32")  # 0.58 MB in, 0.36 out
+        wide = store(client, tmp_path, "sequential", model=_wide())
+
+        incoming = error_of(lambda: client.predict(stored.name, big_request))
+        outgoing = error_of(lambda: client.predict(wide.name, big_response))
+        fine = client.predict(stored.name, big_response)
+
+    assert incoming.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert outgoing.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1048576" in outgoing.message
+    assert fine["scores"].shape == (9_000, 2, 5)
+
+
+def _wide() -> Any:
+    import keras
+
+    return keras.Sequential([keras.Input((2, 8)), keras.layers.Dense(32)])
+
+
+def test_requests_are_counted_by_model_version_protocol_and_code(
+    server: Any, client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    labels = {"model": stored.name, "version": str(stored.version),
+              "protocol": "kerasrpc"}  # fmt: skip
+
+    client.predict(stored.name, stored.inputs)
+    error_of(lambda: client.predict(stored.name, {"features": np.zeros((1, 3))}))
+
+    assert (
+        sample(server, "kerasrpc_predict_requests_total", {**labels, "code": "OK"}) == 1
+    )
+    invalid = {**labels, "code": "INVALID_ARGUMENT"}
+    assert sample(server, "kerasrpc_predict_requests_total", invalid) == 1
+    latency = {"model": stored.name, "protocol": "kerasrpc"}
+    assert sample(server, "kerasrpc_predict_latency_seconds_count", latency) == 2
+
+
+def test_predictions_keep_flowing_while_other_threads_fail(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    stop = threading.Event()
+
+    def bad() -> None:
+        while not stop.is_set():
+            error_of(lambda: client.predict(stored.name, {"features": np.zeros(3)}))
+
+    thread = threading.Thread(target=bad)
+    thread.start()
+    try:
+        outputs = [client.predict(stored.name, stored.inputs) for _ in range(5)]
+    finally:
+        stop.set()
+        thread.join()
+
+    for got in outputs:
+        np.testing.assert_allclose(
+            got["scores"], stored.expected()["scores"], **TOLERANCE
+        )
