@@ -25,7 +25,7 @@ QUEUE_DELAY_BUCKETS = (
 )  # fmt: skip
 
 JOB_LABELS = ("job_id", "model")
-FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_JOB_SERIES_RETENTION_SECONDS = 600.0
 
 

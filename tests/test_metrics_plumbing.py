@@ -127,7 +127,7 @@ def test_promtool_finds_nothing_to_report_in_the_exposition(
     endpoint: MetricsEndpoint, metrics: ServiceMetrics
 ) -> None:
     record(metrics, "job-1", step=3, cost=1.5)
-    metrics.set_job_counts({"RUNNING": 1, "QUEUED": 0})
+    metrics.set_job_counts({"running": 1, "queued": 0})
     metrics.predict_latency.labels("mnist", "kerasrpc").observe(0.01)
 
     result = subprocess.run(
@@ -165,14 +165,14 @@ def test_record_step_sets_every_training_gauge(
 def test_set_job_counts_zeroes_states_left_out(
     endpoint: MetricsEndpoint, metrics: ServiceMetrics
 ) -> None:
-    metrics.set_job_counts({"QUEUED": 2, "RUNNING": 1})
-    metrics.set_job_counts({"RUNNING": 1, "SUCCEEDED": 2})
+    metrics.set_job_counts({"queued": 2, "running": 1})
+    metrics.set_job_counts({"running": 1, "succeeded": 2})
 
     found = samples(scrape(endpoint))
 
-    assert value(found, "kerasrpc_training_jobs", state="QUEUED") == 0
-    assert value(found, "kerasrpc_training_jobs", state="RUNNING") == 1
-    assert value(found, "kerasrpc_training_jobs", state="SUCCEEDED") == 2
+    assert value(found, "kerasrpc_training_jobs", state="queued") == 0
+    assert value(found, "kerasrpc_training_jobs", state="running") == 1
+    assert value(found, "kerasrpc_training_jobs", state="succeeded") == 2
 
 
 def test_finished_job_series_go_at_the_first_scrape_after_retention() -> None:
@@ -338,13 +338,13 @@ def test_final_job_states_start_at_zero_so_the_first_failure_counts(
     endpoint: MetricsEndpoint, metrics: ServiceMetrics
 ) -> None:
     before = samples(scrape(endpoint))
-    metrics.training_jobs_finished.labels("FAILED").inc()
+    metrics.training_jobs_finished.labels("failed").inc()
     after = samples(scrape(endpoint))
 
     name = "kerasrpc_training_jobs_finished_total"
-    assert value(before, name, state="FAILED") == 0
-    assert value(before, name, state="SUCCEEDED") == 0
-    assert value(after, name, state="FAILED") == 1
+    assert value(before, name, state="failed") == 0
+    assert value(before, name, state="succeeded") == 0
+    assert value(after, name, state="failed") == 1
 
 
 def test_a_started_job_shows_running_at_its_first_step(

@@ -30,6 +30,7 @@ from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
 from kerasrpc.client.specs import parse_message
 from kerasrpc.client.tensors import to_tensor
+from kerasrpc.service.metrics import FINAL_JOB_STATES
 from kerasrpc.v1 import training_service_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,9 @@ def prometheus(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield Prometheus(url, process)
+        running = Prometheus(url, process)
+        running.wait_for('up{job="kerasrpc"} == 1')
+        yield running
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -223,6 +226,11 @@ def workload(server: Any, prometheus: Prometheus) -> Workload:
         f">= {PREDICT_CALLS + 2}"
     )
     prometheus.wait_for('grpc_server_handled_total{grpc_code="NOT_FOUND"}')
+    # rate() needs two samples of a series; take three after the last call.
+    prometheus.wait_for(
+        f'count_over_time(kerasrpc_predict_requests_total{{model="{MODEL}", '
+        f'code="OK"}}[1m]) >= 3'
+    )
     return Workload(job_id, last_step)
 
 
@@ -370,3 +378,17 @@ def test_rpcs_are_counted_by_type_service_method_and_code(
     timed = prometheus.value(f"grpc_server_handling_seconds_count{{{check}}}")
     assert ok >= 3
     assert started == timed >= ok + 1
+
+
+def test_finished_jobs_are_counted_under_the_states_the_alerts_use(
+    prometheus: Prometheus, workload: Workload
+) -> None:
+    del workload
+    finished = prometheus.query("kerasrpc_training_jobs_finished_total")
+
+    assert {sample["metric"]["state"] for sample in finished} == set(FINAL_JOB_STATES)
+    assert (
+        prometheus.value('kerasrpc_training_jobs_finished_total{state="succeeded"}')
+        >= 1
+    )
+    assert 'state="failed"' in ALERTS.read_text()
