@@ -1,0 +1,316 @@
+"""The Open Inference Protocol and TF Serving's API, through their own clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from kerasrpc.client import Client
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.inference_models import Stored, store, unique
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def stored(server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stored]:
+    """One sequential, one functional and one int32 model on the session server."""
+    tmp = tmp_path_factory.mktemp("compat")
+    with Client(server.address, timeout=60) as client:
+        return {
+            style: store(client, tmp, style)
+            for style in ("sequential", "functional", "embedding")
+        }
+
+
+@pytest.fixture
+def triton_client(server: Any) -> Any:
+    """tritonclient's gRPC client, connected to the session server."""
+    connected = triton.InferenceServerClient(server.address)
+    yield connected
+    connected.close()
+
+
+def triton_input(name: str, array: np.ndarray) -> Any:
+    datatype = {"float32": "FP32", "int32": "INT32"}[array.dtype.name]
+    tensor = triton.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+# Open Inference Protocol ---------------------------------------------------
+
+
+def test_the_server_is_live_ready_and_describes_itself(triton_client: Any) -> None:
+    metadata = triton_client.get_server_metadata()
+
+    assert triton_client.is_server_live()
+    assert triton_client.is_server_ready()
+    assert metadata.name == "kerasrpc"
+    assert metadata.version
+
+
+def test_model_readiness_follows_the_registry(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+
+    assert triton_client.is_model_ready(model.name)
+    assert triton_client.is_model_ready(model.name, str(model.version))
+    assert not triton_client.is_model_ready(model.name, "99")
+    assert not triton_client.is_model_ready(unique("absent"))
+
+
+def test_model_metadata_lists_inputs_outputs_and_versions(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["functional"]
+
+    metadata = triton_client.get_model_metadata(model.name)
+
+    assert list(metadata.versions) == [str(model.version)]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        ("left", "FP32", [-1, 3]),
+        ("right", "FP32", [-1, 4]),
+    ]
+    assert [t.name for t in metadata.outputs] == ["first", "second"]
+
+
+@pytest.mark.parametrize("style", ["sequential", "functional", "embedding"])
+def test_infer_with_raw_inputs_equals_the_model_in_process(
+    triton_client: Any, stored: dict[str, Stored], style: str
+) -> None:
+    model = stored[style]
+    inputs = [triton_input(name, value) for name, value in model.inputs.items()]
+
+    result = triton_client.infer(model.name, inputs, request_id="r-1")
+
+    response = result.get_response()
+    assert response.id == "r-1"
+    assert response.model_version == str(model.version)
+    for name, value in model.expected().items():
+        np.testing.assert_allclose(result.as_numpy(name), value, **TOLERANCE)
+
+
+def test_infer_with_typed_contents_and_chosen_outputs(
+    server: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["functional"]
+    request = service_pb2.ModelInferRequest(
+        model_name=model.name, model_version=str(model.version)
+    )
+    for name, value in model.inputs.items():
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=value.shape)
+        tensor.contents.fp32_contents.extend(value.ravel().tolist())
+    request.outputs.add(name="second")
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request, timeout=60)
+
+    assert [o.name for o in response.outputs] == ["second"]
+    assert response.outputs[0].datatype == "FP32"
+    got = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(
+        response.outputs[0].shape
+    )
+    np.testing.assert_allclose(got, model.expected()["second"], **TOLERANCE)
+
+
+def test_infer_errors_reach_the_client_as_its_exception(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    ints = np.zeros((1, 2, 8), "int32")
+
+    with pytest.raises(InferenceServerException) as unknown:
+        triton_client.infer(unique("absent"), [triton_input("x", ints)])
+    with pytest.raises(InferenceServerException) as wrong_dtype:
+        triton_client.infer(model.name, [triton_input("features", ints)])
+    with pytest.raises(InferenceServerException) as bad_version:
+        triton_client.infer(model.name, [triton_input("features", ints)], "v1")
+
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    assert wrong_dtype.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "expected float32, received int32" in wrong_dtype.value.message()
+    assert "model_version" in bad_version.value.message()
+
+
+def test_raw_contents_of_the_wrong_size_are_refused(
+    server: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    request = service_pb2.ModelInferRequest(model_name=model.name)
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 2, 8])
+    request.raw_input_contents.append(b"\0" * 12)
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request, timeout=60)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents[0]" in raised.value.details()
+    assert "expected 64 bytes" in raised.value.details()
+
+
+def test_requests_are_counted_under_the_protocol(
+    server: Any, triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    labels = {"model": model.name, "version": str(model.version),
+              "protocol": "open_inference", "code": "OK"}  # fmt: skip
+    metrics = server.app.metrics.registry
+    before = metrics.get_sample_value("kerasrpc_predict_requests_total", labels) or 0
+
+    triton_client.infer(
+        model.name, [triton_input("features", model.inputs["features"])]
+    )
+
+    after = metrics.get_sample_value("kerasrpc_predict_requests_total", labels)
+    assert after == before + 1
+
+
+# TF Serving ----------------------------------------------------------------
+
+
+def tf_serving(channel: grpc.Channel) -> Any:
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def tf_request(name: str, inputs: dict[str, np.ndarray], version: int = 0) -> Any:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version:
+        request.model_spec.version.value = version
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+@pytest.mark.parametrize("style", ["sequential", "functional", "embedding"])
+def test_tf_serving_predict_equals_the_model_in_process(
+    channel: grpc.Channel, stored: dict[str, Stored], style: str
+) -> None:
+    import tensorflow as tf
+
+    model = stored[style]
+
+    response = tf_serving(channel).Predict(
+        tf_request(model.name, model.inputs, model.version), timeout=60
+    )
+
+    assert response.model_spec.version.value == model.version
+    assert response.model_spec.signature_name == "serving_default"
+    for name, value in model.expected().items():
+        got = tf.make_ndarray(response.outputs[name])
+        np.testing.assert_allclose(got, value, **TOLERANCE)
+
+
+def test_tf_serving_predict_reads_typed_values_and_filters_outputs(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    model = stored["functional"]
+    request = tf_request(model.name, {})
+    for key, value in model.inputs.items():
+        request.inputs[key].CopyFrom(
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT,
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                    dim=[{"size": size} for size in value.shape]
+                ),
+                float_val=value.ravel().tolist(),
+            )
+        )
+    request.output_filter.append("first")
+
+    response = tf_serving(channel).Predict(request, timeout=60)
+
+    assert list(response.outputs) == ["first"]
+    got = tf.make_ndarray(response.outputs["first"])
+    np.testing.assert_allclose(got, model.expected()["first"], **TOLERANCE)
+
+
+def test_tf_serving_metadata_describes_the_serving_signature(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    model = stored["functional"]
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = model.name
+    request.metadata_field.append("signature_def")
+
+    response = tf_serving(channel).GetModelMetadata(request, timeout=60)
+
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    serving = signatures.signature_def["serving_default"]
+    assert response.model_spec.version.value == model.version
+    assert set(serving.inputs) == {"left", "right"}
+    assert set(serving.outputs) == {"first", "second"}
+    dims = [d.size for d in serving.inputs["right"].tensor_shape.dim]
+    assert dims == [-1, 4]
+    assert serving.method_name == "tensorflow/serving/predict"
+
+
+def test_tf_serving_errors_keep_their_codes(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    stub = tf_serving(channel)
+    other_signature = tf_request(model.name, model.inputs)
+    other_signature.model_spec.signature_name = "classify"
+
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Predict(tf_request(unique("absent"), model.inputs), timeout=60)
+    with pytest.raises(grpc.RpcError) as version:
+        stub.Predict(tf_request(model.name, model.inputs, 42), timeout=60)
+    with pytest.raises(grpc.RpcError) as signature:
+        stub.Predict(other_signature, timeout=60)
+    with pytest.raises(grpc.RpcError) as strings:
+        stub.Predict(tf_request(model.name, {"features": np.array([b"a"])}), timeout=60)
+
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert version.value.code() == grpc.StatusCode.NOT_FOUND
+    assert signature.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "serving_default" in signature.value.details()
+    assert strings.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[features]" in strings.value.details()
+
+
+def test_health_and_reflection_include_both_protocols(channel: grpc.Channel) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    names = ("inference.GRPCInferenceService", "tensorflow.serving.PredictionService")
+    health = health_pb2_grpc.HealthStub(channel)
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    for name in names:
+        status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert name in services
+
+
+def test_unknown_models_in_open_inference_metadata_are_not_found(
+    triton_client: Any,
+) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        triton_client.get_model_metadata(unique("absent"))
+
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
