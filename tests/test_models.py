@@ -349,3 +349,31 @@ def test_export_streams_size_and_file_name_first(channel: grpc.Channel) -> None:
 
     assert responses[0].file_name == f"{name}-v1.keras"
     assert responses[0].size_bytes == sum(len(r.chunk) for r in responses) > 0
+
+
+def test_malformed_requests_are_invalid_arguments(channel: grpc.Channel) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    name = unique("malformed")
+    Client(channel=channel).create_model(name, dense_spec())
+    calls = {
+        "spec": lambda: stub.CreateModel(
+            model_service_pb2.CreateModelRequest(model_name=name), timeout=30
+        ),
+        "version": lambda: stub.GetModelVersion(
+            model_service_pb2.GetModelVersionRequest(model_name=name, version=-1),
+            timeout=30,
+        ),
+        "format": lambda: list(
+            stub.ExportModel(
+                model_service_pb2.ExportModelRequest(model_name=name, format=7),  # type: ignore[arg-type]
+                timeout=30,
+            )
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        error = KerasRpcError.from_rpc_error(raised.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert error.violations[0].field.startswith(field)
+        assert "received" in error.violations[0].description

@@ -102,6 +102,9 @@ def _keras_copy(model_name: str, version: int, source: Path, folder: Path) -> Pa
     return target
 
 
+# TODO: SavedModel exports run without a concurrency limit; many at once
+# each trace a private copy of their model, which can take much memory and
+# CPU away from predictions.
 def _saved_model_zip(
     registry: ModelRegistry, model_name: str, version: int, folder: Path
 ) -> Path:

@@ -243,9 +243,12 @@ class ModelRegistry:
 
         Raises:
             NotFound: the model or the version does not exist.
+            FailedPrecondition: the version is known to be unloadable.
         """
         with self._lock:
             record = self._version(model_name, version)
+            if record.load_error:
+                raise _unloadable(record)
             return record.version, self._store.model_file(model_name, record.version)
 
     def read_model(self, model_name: str, version: int = 0) -> keras.Model:
@@ -350,6 +353,11 @@ class ModelRegistry:
             raise self._load_failed(record, error) from None
 
     def _load_failed(self, record: VersionRecord, error: Exception) -> Exception:
+        if isinstance(error, MemoryError):
+            return ResourceExhausted(
+                f"version {record.version} of model {record.model_name!r} does not "
+                "fit in memory now; unload other versions or retry later"
+            )
         with self._lock:
             model = self._models.get(record.model_name)
             if model is None or model.versions.get(record.version) is not record:
@@ -461,6 +469,10 @@ def _new_record(
 
 def _load_upload(path: Path) -> keras.Model:
     """Load an uploaded .keras file with safe_mode, or explain why it fails."""
+    # TODO: uploads are loaded inside the server process; safe_mode refuses
+    # code, but a crafted archive (a decompression bomb in its weights) can
+    # still exhaust the server's memory. Loading in a child process with a
+    # memory limit would contain it.
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:
