@@ -1,0 +1,238 @@
+"""Training data sources and bad input, over a real server."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from kerasrpc.client import Client
+from kerasrpc.client.errors import KerasRpcError
+from kerasrpc.v1 import spec_pb2, training_service_pb2
+
+from tests.training_support import (
+    compile_spec,
+    final_state,
+    inline,
+    linear_data,
+    steps,
+    training_spec,
+    unique,
+)
+
+SUCCEEDED = training_service_pb2.JOB_STATE_SUCCEEDED
+
+
+def _data_root(server: Any) -> Path:
+    root: Path = server.app.settings.resolved_data_root
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _file(path: str, **fields: Any) -> spec_pb2.DataSource:
+    return spec_pb2.DataSource(file=spec_pb2.DataFile(path=path, **fields))
+
+
+def _trains(client: Client, source: spec_pb2.DataSource) -> list[Any]:
+    events = list(client.train(training_spec(unique("data"), source, epochs=1)))
+    assert final_state(events).state == SUCCEEDED, final_state(events).message
+    return steps(events)
+
+
+def test_uploaded_dataset_in_chunks_trains_and_is_deleted(client: Client) -> None:
+    x, y = linear_data(rows=100)
+
+    dataset = client.upload_dataset("linear", x, y, chunk_bytes=256)
+
+    assert dataset.examples == 100
+    assert list(dataset.features.shape) == [100, 4]
+    assert dataset.dataset_id in [d.dataset_id for d in client.list_datasets()]
+    assert len(_trains(client, _dataset(dataset.dataset_id))) == 13
+    client.delete_dataset(dataset.dataset_id)
+    assert dataset.dataset_id not in [d.dataset_id for d in client.list_datasets()]
+    with pytest.raises(KerasRpcError) as error:
+        client.delete_dataset(dataset.dataset_id)
+    assert error.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_dataset_in_use_cannot_be_deleted(client: Client) -> None:
+    dataset = client.upload_dataset("busy", *linear_data())
+    spec = training_spec(
+        unique("busy"),
+        spec_pb2.DataSource(dataset_id=dataset.dataset_id),
+        epochs=100_000,
+    )
+    job = client.start_training(spec)
+
+    with pytest.raises(KerasRpcError) as error:
+        client.delete_dataset(dataset.dataset_id)
+
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert job.job_id in error.value.message
+    client.cancel(job.job_id)
+    list(client.watch(job.job_id))
+    client.delete_dataset(dataset.dataset_id)
+
+
+def test_upload_with_mismatched_chunks_is_refused(client: Client) -> None:
+    before = len(client.list_datasets())
+    rows = np.zeros((4, 3), np.float32)
+
+    def requests() -> Any:
+        yield training_service_pb2.UploadDatasetRequest(
+            header=training_service_pb2.UploadDatasetHeader(name="bad")
+        )
+        for width in (3, 2):
+            chunk = training_service_pb2.DatasetChunk(
+                features=_tensor(np.zeros((4, width), np.float32)),
+                labels=_tensor(rows[:, :1]),
+            )
+            yield training_service_pb2.UploadDatasetRequest(chunk=chunk)
+
+    with pytest.raises(grpc.RpcError) as error:
+        client.training.UploadDataset(requests())
+
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk[1].features" in error.value.details()
+    assert len(client.list_datasets()) == before
+
+
+def _tensor(array: Any) -> Any:
+    from kerasrpc.client.tensors import to_tensor
+
+    return to_tensor(array)
+
+
+def test_npz_csv_and_tfrecord_files_train(client: Client, server: Any) -> None:
+    root = _data_root(server)
+    x, y = linear_data(rows=24)
+    np.savez(root / "train.npz", inputs=x, targets=y)
+    with (root / "train.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "b", "target", "c", "d"])
+        for row, label in zip(x, y, strict=True):
+            writer.writerow([row[0], row[1], label[0], row[2], row[3]])
+    with tf.io.TFRecordWriter(str(root / "train.tfrecord")) as writer:
+        for row, label in zip(x, y, strict=True):
+            writer.write(_example(row, label))
+
+    npz = _file("train.npz", features_key="inputs", labels_key="targets")
+    csv_source = _file("train.csv", label_columns=["target"])
+    tfrecord = _file("train.tfrecord", features_shape=[4], labels_shape=[1])
+    costs = [[s.cost for s in _trains(client, s)] for s in (npz, csv_source, tfrecord)]
+
+    assert costs[0] == pytest.approx(costs[1], rel=1e-5)
+    assert costs[0] == pytest.approx(costs[2], rel=1e-5)
+
+
+def _example(features: Any, label: Any) -> bytes:
+    def floats(values: Any) -> tf.train.Feature:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={"features": floats(features), "labels": floats(label)}
+        )
+    )
+    serialized: bytes = example.SerializeToString()
+    return serialized
+
+
+def test_validation_split_reports_validation_results(client: Client) -> None:
+    mae = spec_pb2.MetricSpec(mean_absolute_error=spec_pb2.ErrorMetric())
+    spec = training_spec(
+        unique("split"), compile=compile_spec(0.05, [mae]), validation_split=0.25
+    )
+
+    events = list(client.train(spec))
+
+    ends = [e.epoch_end for e in events if e.WhichOneof("event") == "epoch_end"]
+    assert len(steps(events)) == 2 * 6
+    assert all(e.HasField("validation_cost") for e in ends)
+    assert set(ends[0].validation_metrics) == {"mean_absolute_error"}
+
+
+def _bad_specs(root: Path) -> list[tuple[str, Any, str]]:
+    x, y = linear_data()
+    nan = x.copy()
+    nan[5, 1] = np.nan
+    (root / "outside").mkdir(exist_ok=True)
+    link = root / "escape.npz"
+    if not link.exists():
+        link.symlink_to("/etc/hostname")
+    no_loss = compile_spec()
+    no_loss.ClearField("loss")
+    name = unique("bad")
+    no_data = training_spec(name)
+    no_data.ClearField("train_data")
+    unknown_base = training_spec(unique("none"))
+    unknown_base.base_version = 3
+    path = "spec.train_data.file.path"
+    return [
+        (
+            "feature shape",
+            training_spec(name, inline(x[:, :3], y)),
+            _INLINE + "features",
+        ),
+        ("label shape", training_spec(name, inline(x, x[:, :3])), _INLINE + "labels"),
+        (
+            "unknown dataset",
+            training_spec(name, _dataset("no")),
+            "spec.train_data.dataset_id",
+        ),
+        ("NaN in data", training_spec(name, inline(nan, y)), _INLINE + "features"),
+        ("no loss", training_spec(name, compile=no_loss), "spec.compile.loss"),
+        ("parent path", training_spec(name, _file("../x.npz")), path),
+        ("absolute path", training_spec(name, _file("/etc/x.npz")), path),
+        ("symlink escape", training_spec(name, _file("escape.npz")), path),
+        ("missing file", training_spec(name, _file("nope.npz")), path),
+        ("batch size", training_spec(name, batch_size=-1), "spec.config.batch_size"),
+        ("epochs", training_spec(name, epochs=-2), "spec.config.epochs"),
+        ("no data", no_data, "spec.train_data"),
+        ("model name", training_spec("bad name!"), "spec.model_name"),
+        ("unknown base", unknown_base, "spec.base_version"),
+    ]
+
+
+_INLINE = "spec.train_data.inline."
+
+
+def _dataset(dataset_id: str) -> spec_pb2.DataSource:
+    return spec_pb2.DataSource(dataset_id=dataset_id)
+
+
+def test_each_bad_input_names_its_field(client: Client, server: Any) -> None:
+    for label, spec, field in _bad_specs(_data_root(server)):
+        with pytest.raises(KerasRpcError) as error:
+            client.start_training(spec)
+
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT, label
+        assert [v.field for v in error.value.violations][:1] == [field], (
+            label,
+            error.value.message,
+        )
+        assert "expected" in error.value.message, label
+    assert client.server_info().device
+
+
+def test_nan_cost_fails_the_job_and_the_server_goes_on(client: Client) -> None:
+    x, y = linear_data()
+    exploding = training_spec(
+        unique("nan"), inline(x * 1e3, y), compile=compile_spec(1e30), epochs=3
+    )
+
+    events = list(client.train(exploding))
+    state = final_state(events)
+
+    assert state.state == training_service_pb2.JOB_STATE_FAILED
+    assert state.message.startswith("cost became")
+    failed_at = int(state.message.rsplit(" ", 1)[1])
+    assert [s.step for s in steps(events)] == list(range(1, failed_at))
+    assert client.get_job(events[0].job_id).error == state.message
+    assert final_state(list(client.train(training_spec(unique("after"))))).state == (
+        SUCCEEDED
+    )
