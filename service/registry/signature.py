@@ -57,6 +57,8 @@ def _input_name(tensor: Any) -> str:
     return str(getattr(operation, "name", None) or tensor.name)
 
 
+# TODO: a subclassed model built for several inputs is refused, since Keras
+# keeps no names for them; such models can only be stored as functional ones.
 def _built_shape(model: keras.Model) -> tuple[int | None, ...]:
     config = model.get_build_config() if model.built else None
     shape = (config or {}).get("input_shape")
