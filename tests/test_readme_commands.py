@@ -54,8 +54,8 @@ def test_the_readme_commands_run_against_a_real_server(tmp_path: Path) -> None:
         }
         job_id = ""
         outputs: dict[str, str] = {}
-        for line in readme_commands():
-            line = line.replace("JOB_ID", job_id)
+        for shown in readme_commands():
+            line = shown.replace("JOB_ID", job_id)
             outputs[line] = _run(line, work, env)
             if "--detach" in line:
                 job_id = outputs[line].strip()
