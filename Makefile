@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 PROTOS := $(wildcard proto/kerasrpc/v1/*.proto)
-SOURCES := $(shell find service client proto -name '*.py' 2>/dev/null)
+# Strict editable installs link each module: re-install when modules come or go.
+PACKAGE_DIRS := $(shell find service client proto/kerasrpc -type d -not -name __pycache__ 2>/dev/null)
 
 .PHONY: install serve test lint format typecheck proto proto-check buf-lint \
 	dockerfile-lint bench clean
@@ -15,7 +16,7 @@ SOURCES := $(shell find service client proto -name '*.py' 2>/dev/null)
 ## install: create the virtual environment and install kerasrpc with its tools
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(SOURCES)
+$(VENV)/.installed: pyproject.toml $(PACKAGE_DIRS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
