@@ -175,6 +175,8 @@ def resolve_path(relative: str, path: str, data_root: Path) -> Path:
 
 
 def _read_npz(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
+    # TODO: .npz arrays are decompressed whole into memory (an archive cannot
+    # be memory-mapped); sets larger than RAM must be uploaded as datasets.
     keys = (data.features_key or "features", data.labels_key or "labels")
     try:
         with np.load(file, allow_pickle=False) as archive:

@@ -62,6 +62,7 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     resumed_from: int | None = None
+    metric_names: tuple[str, ...] = ()
 
     @property
     def events_path(self) -> Path:
@@ -257,6 +258,7 @@ class JobManager:
         plan = job.plan or self._resume_plan(job)
         job.plan = None
         trainer = Trainer(plan, self.device.name)
+        job.metric_names = tuple(trainer.metric_names)
         position = trainer.restore(job.folder / CHECKPOINTS) or Position()
         if job.cancel.is_set():
             return Outcome(CANCELLED, "cancelled")
@@ -331,7 +333,7 @@ class JobManager:
         self._emit_state(job, outcome.state, outcome.message, record.model_version)
         self._log(job).close()
         shutil.rmtree(job.folder / CHECKPOINTS, ignore_errors=True)
-        self.metrics.job_finished(record.job_id, record.model_name)
+        self.metrics.job_finished(record.job_id, record.model_name, job.metric_names)
         self.metrics.training_jobs_finished.labels(state_label(outcome.state)).inc()
         logger.info(
             "job %s %s at step %d%s",

@@ -94,6 +94,9 @@ class Trainer:
         )
 
     def _chunk_function(self) -> Any:
+        # TODO: batches are not split across replicas yet, so under a
+        # multi-replica strategy each replica would train on the whole batch;
+        # only the default (one-device) strategy trains correctly today.
         model, loss_fn, optimizer = self.plan.model, self.plan.loss, self.plan.optimizer
         metrics = self.plan.metrics
         strategy = self.strategy
