@@ -159,3 +159,58 @@ def test_the_health_command_fails_when_no_server_listens() -> None:
 
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_sigterm_lets_an_open_stream_finish_and_refuses_new_calls(
+    tmp_path: Path,
+) -> None:
+    import queue
+
+    import numpy as np
+    from kerasrpc.client import Client, KerasRpcError
+    from kerasrpc.client.specs import load_message
+    from kerasrpc.v1 import training_service_pb2
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    spec = load_message(
+        examples / "sequential.yaml", training_service_pb2.TrainRequest()
+    )
+    serving = ServeProcess(tmp_path / "state", "--grace-seconds", "20")
+    try:
+        with Client(serving.wait_listening(), timeout=60) as client:
+            client.create_model("drain", spec.spec.spec)
+            batches: queue.Queue[Any] = queue.Queue()
+            stream = client.predict_stream("drain", _until_none(batches))
+            batches.put(np.ones((3, 2, 8), np.float32))
+            first = next(stream)
+
+            serving.process.send_signal(signal.SIGTERM)
+            _wait_for(lambda: "received SIGTERM" in serving.output)
+            with pytest.raises(KerasRpcError) as refused:
+                client.get_model("drain")
+            batches.put(np.ones((5, 2, 8), np.float32))
+            second = next(stream)
+            batches.put(None)
+            rest = list(stream)
+
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert next(iter(first.values())).shape == (3, 2, 5)
+        assert next(iter(second.values())).shape == (5, 2, 5)
+        assert rest == []
+        assert serving.process.wait(timeout=60) == 0
+    finally:
+        serving.stop()
+
+
+def _until_none(items: Any) -> Any:
+    while (item := items.get()) is not None:
+        yield item
+
+
+def _wait_for(condition: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
