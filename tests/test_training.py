@@ -290,3 +290,18 @@ def test_wall_time_and_throughput_are_reported(client: Client) -> None:
     walls = [s.wall_time_seconds for s in streamed]
     assert walls == sorted(walls)
     assert 0 <= walls[-1] < time.time() - started + 1
+
+
+def test_training_continues_from_a_stored_version(client: Client) -> None:
+    name = unique("continued")
+    first = list(client.train(training_spec(name, epochs=3)))
+    base = final_state(first).model_version
+    spec = training_spec(name, epochs=1)
+    spec.base_version = base
+
+    second = list(client.train(spec))
+
+    assert final_state(second).state == SUCCEEDED
+    assert final_state(second).model_version == base + 1
+    assert steps(second)[0].cost < steps(first)[0].cost / 4
+    assert client.get_version(name, base).version == base

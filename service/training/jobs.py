@@ -330,11 +330,12 @@ class JobManager:
         record.error = outcome.message if outcome.state == FAILED else ""
         record.end_time = now()
         record.save(job.folder)
+        self.metrics.job_finished(record.job_id, record.model_name, job.metric_names)
+        self.metrics.training_jobs_finished.labels(state_label(outcome.state)).inc()
+        self._publish_counts()
         self._emit_state(job, outcome.state, outcome.message, record.model_version)
         self._log(job).close()
         shutil.rmtree(job.folder / CHECKPOINTS, ignore_errors=True)
-        self.metrics.job_finished(record.job_id, record.model_name, job.metric_names)
-        self.metrics.training_jobs_finished.labels(state_label(outcome.state)).inc()
         logger.info(
             "job %s %s at step %d%s",
             record.job_id,
