@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.bench_inference import reference_file
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCH = 32
@@ -49,14 +51,8 @@ def synthetic() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
 def _keras_model(steps_per_execution: int) -> Any:
     import keras
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((2, 8)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(5),
-        ]
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        model = keras.saving.load_model(reference_file(Path(folder)))
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss="mse",
