@@ -33,7 +33,15 @@ def run_server(flags: dict[str, Any]) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
 
-    from kerasrpc.service.server import serve
+    try:
+        from kerasrpc.service.server import serve
+    except ImportError as error:
+        print(
+            f"kerasrpc serve: error: the server needs the 'server' extra "
+            f"(pip install 'kerasrpc[server]'); missing: {error.name}",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         return serve(settings)

@@ -149,6 +149,9 @@ def _abort(
     already = _context_code(context)
     if isinstance(already, grpc.StatusCode) and already != grpc.StatusCode.OK:
         return already  # the servicer aborted the call itself
+    if isinstance(error, grpc.RpcError) or not context.is_active():
+        logger.debug("%s ended by the caller: %r", method, error)
+        return grpc.StatusCode.CANCELLED
     service_error = _as_service_error(error, method)
     if service_error is None:
         return grpc.StatusCode.CANCELLED

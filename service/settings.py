@@ -133,6 +133,15 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
 
+_KIND_NAMES = {"Path": "a path", "int": "an integer", "float": "a number"}
+_AT_LEAST_ONE = (
+    "workers",
+    "max_message_bytes",
+    "max_concurrent_jobs",
+    "batch_max_size",
+    "batch_queue_limit",
+    "checkpoint_every_steps",
+)
 _CHOICES = {"log_format": ("text", "json")}
 
 
@@ -144,9 +153,8 @@ def _convert(name: str, value: Any) -> Any:
     try:
         converted = _parse(kind, value)
     except ValueError:
-        raise SettingsError(
-            f"{name} expected {kind.split(' ', maxsplit=1)[0]}, received {value!r}"
-        ) from None
+        expected = _KIND_NAMES.get(kind.split(" ", maxsplit=1)[0], kind)
+        raise SettingsError(f"{name} expected {expected}, received {value!r}") from None
     _check(name, converted)
     return converted
 
@@ -155,6 +163,8 @@ def _parse(kind: str, value: Any) -> Any:
     if value is None or not isinstance(value, str):
         return value
     if kind.startswith("Path"):
+        if not value and not kind.endswith("None"):
+            raise ValueError(value)
         return Path(value).expanduser() if value else None
     if kind == "int":
         return int(value)
@@ -172,6 +182,8 @@ def _check(name: str, value: Any) -> None:
         )
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise SettingsError(f"{name} expected a non-negative number, received {value}")
+    if name in _AT_LEAST_ONE and value < 1:
+        raise SettingsError(f"{name} expected at least 1, received {value}")
     if name in ("listen", "metrics_address") and value and ":" not in value:
         raise SettingsError(f"{name} expected host:port, received {value!r}")
     port = str(value).rpartition(":")[2]

@@ -33,3 +33,14 @@ def test_every_make_target_the_readme_shows_exists() -> None:
     assert shown
     for target in shown:
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), target
+
+
+def test_every_benchmark_make_bench_runs_exists() -> None:
+    import importlib.util
+
+    from bench.run_all import BENCHMARKS
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "-m bench.run_all" in makefile
+    for module in BENCHMARKS:
+        assert importlib.util.find_spec(module) is not None, module

@@ -75,7 +75,9 @@ def _serve(*flags: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--workers", "many"], "workers expected int, received 'many'"),
+        (["--workers", "many"], "workers expected an integer, received 'many'"),
+        (["--workers", "0"], "workers expected at least 1, received 0"),
+        (["--state-dir", ""], "state_dir expected a path, received ''"),
         (["--listen", "nowhere"], "listen expected host:port, received 'nowhere'"),
         (["--log-format", "xml"], "log_format expected one of text, json"),
         (["--device", "tpu"], "device expected a GPU index"),
