@@ -273,16 +273,55 @@ def test_exported_keras_file_imports_and_predicts_the_same(
 
 
 def test_import_of_garbage_is_invalid_and_stores_nothing(
-    client: Client, channel: grpc.Channel
+    client: Client, channel: grpc.Channel, server: Any
 ) -> None:
     name = unique("garbage")
+    data = b"not a keras file" * 100
 
-    error = code_of(lambda: upload(channel, name, b"not a keras file" * 100))
+    error = code_of(lambda: upload(channel, name, data))
 
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.violations] == ["chunk"]
-    assert "expected the bytes of a .keras file" in error.message
+    assert error.message == (
+        "chunk: expected a .keras (zip) archive, received "
+        f"{len(data)} bytes that are not one"
+    )
+    assert_no_server_details(error.message, server)
     assert code_of(lambda: client.get_model(name)).code == grpc.StatusCode.NOT_FOUND
+
+
+def test_import_of_an_archive_that_fails_to_load_hides_server_details(
+    client: Client, channel: grpc.Channel, server: Any, tmp_path: Path
+) -> None:
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(
+        tmp_path / "good.keras"
+    )
+    broken = tmp_path / "broken.keras"
+    with (
+        zipfile.ZipFile(tmp_path / "good.keras") as good,
+        zipfile.ZipFile(broken, "w") as out,
+    ):
+        for member in good.namelist():
+            corrupt = member.endswith(".h5")
+            out.writestr(member, b"not hdf5" if corrupt else good.read(member))
+    name = unique("broken")
+
+    error = code_of(lambda: upload(channel, name, broken.read_bytes()))
+
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["chunk"]
+    assert "loads with safe_mode, received one that fails: " in error.message
+    assert "file signature not found" in error.message
+    assert_no_server_details(error.message, server)
+    assert code_of(lambda: client.get_model(name)).code == grpc.StatusCode.NOT_FOUND
+
+
+def assert_no_server_details(message: str, server: Any) -> None:
+    """Assert an error message shows no server path or Python exception class."""
+    assert "/tmp" not in message
+    assert str(server.app.settings.state_dir) not in message
+    assert "Error:" not in message
+    assert "Exception:" not in message
 
 
 def test_import_needs_the_header_first(channel: grpc.Channel) -> None:

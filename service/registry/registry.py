@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,11 @@ from kerasrpc.service.registry.store import (
 from kerasrpc.v1 import model_service_pb2, tensor_pb2
 
 logger = logging.getLogger("kerasrpc.service.registry")
+
+# An absolute path (with an optional "filepath=" before it) in an error text.
+_PATH = re.compile(r"(?:filepath=)?(?<![\w.~])/[^\s'\"`,;)]*[^\s'\"`,;).]")
+# A Python exception class name, e.g. "ValueError: ", in an error text.
+_EXCEPTION_CLASS = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b:?\s*")
 
 Key = tuple[str, int]
 
@@ -473,14 +480,30 @@ def _load_upload(path: Path) -> keras.Model:
     # code, but a crafted archive (a decompression bomb in its weights) can
     # still exhaust the server's memory. Loading in a child process with a
     # memory limit would contain it.
+    if not zipfile.is_zipfile(path):
+        raise InvalidArgument.field(
+            "chunk",
+            "expected a .keras (zip) archive, received "
+            f"{path.stat().st_size} bytes that are not one",
+        )
+
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:
+        logger.debug("an uploaded model failed to load", exc_info=True)
         raise InvalidArgument.field(
             "chunk",
             "expected the bytes of a .keras file that loads with safe_mode, "
-            f"received one that fails: {type(error).__name__}: {str(error)[:300]}",
+            f"received one that fails: {_load_failure(error)}",
         ) from None
+
+
+def _load_failure(error: Exception) -> str:
+    """Say why a load failed without the server's paths or exception classes."""
+    reason = str(error.args[0]) if isinstance(error, KeyError) else str(error)
+    reason = _PATH.sub("<file>", reason)
+    reason = _EXCEPTION_CLASS.sub("", reason).strip()
+    return reason[:300] or "the archive is not a Keras model"
 
 
 def _check_upload_size(size: int, max_bytes: int, *, declared: bool) -> None:
