@@ -226,6 +226,16 @@ def test_jobs_are_listed_newest_first_and_filtered(client: Client) -> None:
     assert error.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_listing_jobs_by_an_unknown_state_is_invalid(client: Client) -> None:
+    with pytest.raises(KerasRpcError) as raised:
+        client.list_jobs(states=[SUCCEEDED, 99])
+
+    error = raised.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["states[1]"]
+    assert error.message == "states[1]: expected a JobState value, received 99"
+
+
 def test_server_info_names_device_and_limits(client: Client, server: Any) -> None:
     info = client.server_info()
 

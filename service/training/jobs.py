@@ -15,6 +15,7 @@ from pathlib import Path
 from kerasrpc.service.device import Device
 from kerasrpc.service.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     ResourceExhausted,
     ServiceError,
@@ -380,8 +381,12 @@ class JobManager:
     def list_jobs(
         self, states: Iterable[int] = (), model_name: str = ""
     ) -> list[training_service_pb2.Job]:
-        """Return jobs, newest first, filtered by state and model."""
-        wanted = set(states)
+        """Return jobs, newest first, filtered by state and model.
+
+        Raises:
+            InvalidArgument: a state is not a JobState value.
+        """
+        wanted = _check_states(states)
         with self._lock:
             records = [job.record for job in self._jobs.values()]
         chosen = [
@@ -488,6 +493,18 @@ class JobManager:
     def get_dataset(self, dataset_id: str) -> StoredDataset:
         """Return one uploaded dataset's metadata."""
         return self.datasets.get(dataset_id)
+
+
+def _check_states(states: Iterable[int]) -> set[int]:
+    """Return the states as a set; InvalidArgument names the first unknown one."""
+    known = set(training_service_pb2.JobState.values())
+    wanted = list(states)
+    for i, state in enumerate(wanted):
+        if state not in known:
+            raise InvalidArgument.field(
+                f"states[{i}]", f"expected a JobState value, received {state}"
+            )
+    return set(wanted)
 
 
 def _read_batch(
