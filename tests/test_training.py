@@ -236,6 +236,25 @@ def test_listing_jobs_by_an_unknown_state_is_invalid(client: Client) -> None:
     assert error.message == "states[1]: expected a JobState value, received 99"
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda client: client.get_job(""),
+        lambda client: client.cancel(""),
+        lambda client: list(client.watch("")),
+    ],
+    ids=["GetJob", "CancelTraining", "WatchTraining"],
+)
+def test_an_empty_job_id_is_invalid(client: Client, call: Any) -> None:
+    with pytest.raises(KerasRpcError) as raised:
+        call(client)
+
+    error = raised.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["job_id"]
+    assert error.message == "job_id: expected a job id, received an empty string"
+
+
 def test_server_info_names_device_and_limits(client: Client, server: Any) -> None:
     info = client.server_info()
 

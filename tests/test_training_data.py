@@ -101,6 +101,44 @@ def test_upload_with_mismatched_chunks_is_refused(client: Client) -> None:
     assert len(client.list_datasets()) == before
 
 
+@pytest.mark.parametrize(
+    ("first", "field", "message"),
+    [
+        (
+            training_service_pb2.UploadDatasetRequest(
+                header=training_service_pb2.UploadDatasetHeader(name="")
+            ),
+            "header.name",
+            "header.name: expected a dataset name, received an empty string",
+        ),
+        (
+            None,
+            "header",
+            "header: expected a header as the first message, received a chunk",
+        ),
+    ],
+    ids=["empty name", "no header"],
+)
+def test_upload_without_a_named_header_blames_the_header(
+    client: Client, first: Any, field: str, message: str
+) -> None:
+    before = len(client.list_datasets())
+    x, y = linear_data()
+    chunk = training_service_pb2.DatasetChunk(
+        features=_tensor(x[:4]), labels=_tensor(y[:4])
+    )
+    requests = [training_service_pb2.UploadDatasetRequest(chunk=chunk)]
+
+    with pytest.raises(grpc.RpcError) as raised:
+        client.training.UploadDataset(iter([first, *requests] if first else requests))
+
+    error = KerasRpcError.from_rpc_error(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == [field]
+    assert error.message == message
+    assert len(client.list_datasets()) == before
+
+
 def _tensor(array: Any) -> Any:
     from kerasrpc.client.tensors import to_tensor
 

@@ -91,14 +91,8 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         context: grpc.ServicerContext,
     ) -> training_service_pb2.UploadDatasetResponse:
         """Store a client-streamed dataset."""
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument.field(
-                "header", "expected a header as the first message, received none"
-            )
-        dataset = self._app.jobs.upload_dataset(
-            first.header.name, _chunks(request_iterator)
-        )
+        header = _dataset_header(next(request_iterator, None))
+        dataset = self._app.jobs.upload_dataset(header.name, _chunks(request_iterator))
         return training_service_pb2.UploadDatasetResponse(dataset=dataset)
 
     def ListDatasets(
@@ -158,6 +152,24 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _dataset_header(
+    first: training_service_pb2.UploadDatasetRequest | None,
+) -> training_service_pb2.UploadDatasetHeader:
+    """Return the header an upload starts with; InvalidArgument if it does not."""
+    if first is not None and first.WhichOneof("part") == "header":
+        return first.header
+
+    if first is None:
+        received = "no message"
+    elif first.WhichOneof("part") == "chunk":
+        received = "a chunk"
+    else:
+        received = "an empty message"
+    raise InvalidArgument.field(
+        "header", f"expected a header as the first message, received {received}"
+    )
 
 
 def _chunks(

@@ -374,7 +374,12 @@ class JobManager:
     # -- queries and control ------------------------------------------------
 
     def get(self, job_id: str) -> training_service_pb2.Job:
-        """Return one job; NotFound if it does not exist."""
+        """Return one job.
+
+        Raises:
+            InvalidArgument: the job id is empty.
+            NotFound: no such job.
+        """
         with self._lock:
             return self._job(job_id).record.to_proto()
 
@@ -413,6 +418,10 @@ class JobManager:
             return job.record.to_proto()
 
     def _job(self, job_id: str) -> _Job:
+        if not job_id:
+            raise InvalidArgument.field(
+                "job_id", "expected a job id, received an empty string"
+            )
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
@@ -427,6 +436,7 @@ class JobManager:
         early when `active` turns false (the watcher went away).
 
         Raises:
+            InvalidArgument: the job id is empty.
             NotFound: no such job.
             Unavailable: the server stopped before the job ended.
         """
@@ -463,7 +473,16 @@ class JobManager:
     def upload_dataset(
         self, name: str, chunks: Iterable[training_service_pb2.DatasetChunk]
     ) -> training_service_pb2.Dataset:
-        """Store an uploaded dataset; return it."""
+        """Store an uploaded dataset; return it.
+
+        Raises:
+            InvalidArgument: the name is empty, or a chunk is malformed; nothing
+                is stored then.
+        """
+        if not name:
+            raise InvalidArgument.field(
+                "header.name", "expected a dataset name, received an empty string"
+            )
         return self.datasets.upload(name, chunks).to_proto()
 
     def list_datasets(self) -> list[training_service_pb2.Dataset]:
