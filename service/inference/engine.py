@@ -199,6 +199,9 @@ class InferenceEngine:
 
     def _forget(self, batcher: Batcher) -> None:
         """Drop an idle batcher, releasing its model for the registry's cache."""
+        # TODO: a version evicted from the registry's cache stays in memory
+        # until its batcher has been idle for IDLE_EXIT_SECONDS, so memory can
+        # exceed model_cache_bytes for that long under churn of many versions.
         with self._lock:
             for key, served in list(self._served.items()):
                 if served.batcher is batcher:
