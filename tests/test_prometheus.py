@@ -179,12 +179,7 @@ def training_spec() -> training_service_pb2.TrainingSpec:
 
 def train(client: Client) -> tuple[str, training_service_pb2.StepEvent]:
     """Train the spec; return the job id and its last step event."""
-    try:
-        events = list(client.train(training_spec()))
-    except KerasRpcError as error:
-        if error.code == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip(f"TrainingService.Train is not implemented yet: {error}")
-        raise
+    events = list(client.train(training_spec()))
 
     steps = [event.step for event in events if event.WhichOneof("event") == "step"]
     final = events[-1].state
@@ -195,14 +190,7 @@ def train(client: Client) -> tuple[str, training_service_pb2.StepEvent]:
 def predict(client: Client) -> None:
     """Serve good Predict calls and some that fail, by more than one caller."""
     batch = np.ones((3, 4), np.float32)
-    try:
-        client.predict(MODEL, batch)
-    except KerasRpcError as error:
-        if error.code == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip(f"InferenceService.Predict is not implemented yet: {error}")
-        raise
-
-    for _ in range(PREDICT_CALLS - 1):
+    for _ in range(PREDICT_CALLS):
         client.predict(MODEL, batch)
     for bad in (np.ones((2, 7), np.float32), np.ones((2, 4), np.int64)):
         with pytest.raises(KerasRpcError):
