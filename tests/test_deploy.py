@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.v1 import inference_service_pb2
 from prometheus_client import CollectorRegistry
 
+from tests.tools import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "kerasrpc-dashboard.json"
@@ -33,10 +34,6 @@ KUBERNETES_VERSION = "1.37.0"
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name[
     "InferenceService"
 ].full_name
-
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not found (apt: prometheus)"
-)
 
 
 def load_yaml(path: Path) -> Any:
@@ -81,8 +78,9 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = require_tool("promtool", "apt: prometheus")
     return subprocess.run(
-        ["promtool", *args], capture_output=True, text=True, check=False, timeout=60
+        [promtool, *args], capture_output=True, text=True, check=False, timeout=60
     )
 
 
@@ -354,7 +352,6 @@ def test_dashboard_queries_name_only_exported_metrics() -> None:
         assert not unknown, f"{title}: {sorted(unknown)}"
 
 
-@needs_promtool
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     rules = {
         "groups": [
@@ -382,7 +379,6 @@ def _concrete(expr: str) -> str:
 # --- alert rules -------------------------------------------------------------
 
 
-@needs_promtool
 def test_alert_rules_pass_promtool_check() -> None:
     result = run_promtool("check", "rules", str(ALERTS))
 
@@ -390,7 +386,6 @@ def test_alert_rules_pass_promtool_check() -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
-@needs_promtool
 def test_alert_rule_unit_tests_pass() -> None:
     result = run_promtool("test", "rules", str(ALERTS_TEST))
 

@@ -6,7 +6,6 @@ whole running server is covered by test_prometheus.py.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -26,6 +25,8 @@ from kerasrpc.service.metrics_http import (
 from kerasrpc.service.settings import SettingsError
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.tools import require_tool
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -122,16 +123,16 @@ def test_a_taken_port_is_reported_with_the_address(
         start_metrics_endpoint(endpoint.address, metrics.registry)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not found")
 def test_promtool_finds_nothing_to_report_in_the_exposition(
     endpoint: MetricsEndpoint, metrics: ServiceMetrics
 ) -> None:
     record(metrics, "job-1", step=3, cost=1.5)
     metrics.set_job_counts({"running": 1, "queued": 0})
     metrics.predict_latency.labels("mnist", "kerasrpc").observe(0.01)
+    promtool = require_tool("promtool", "apt: prometheus")
 
     result = subprocess.run(
-        ["promtool", "check", "metrics"],
+        [promtool, "check", "metrics"],
         input=scrape(endpoint),
         capture_output=True,
         text=True,

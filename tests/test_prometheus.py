@@ -10,7 +10,6 @@ equal the last streamed step, and the gRPC series must carry their labels.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -33,17 +32,14 @@ from kerasrpc.client.tensors import to_tensor
 from kerasrpc.service.metrics import FINAL_JOB_STATES
 from kerasrpc.v1 import training_service_pb2
 
+from tests.tools import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "kerasrpc-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 MODEL = "prometheus-probe"
 PREDICT_CALLS = 12
 READY_SECONDS = 30.0
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="the prometheus binary is not installed (apt: prometheus)",
-)
 
 
 @dataclass(frozen=True)
@@ -122,13 +118,14 @@ def prometheus(
     server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """Start Prometheus scraping the session server every second."""
+    binary = require_tool("prometheus", "apt: prometheus")
     directory = tmp_path_factory.mktemp("prometheus")
     config = write_config(directory, server.metrics_endpoint.address)
     port = free_port()
     log = (directory / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [
-            "prometheus",
+            binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={directory / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
@@ -329,13 +326,13 @@ def live_rules(prometheus: Prometheus) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not found")
 def test_promtool_finds_nothing_to_report_on_the_live_endpoint(server: Any) -> None:
+    promtool = require_tool("promtool", "apt: prometheus")
     with urllib.request.urlopen(server.metrics_endpoint.url, timeout=5) as reply:
         exposition = reply.read()
 
     result = subprocess.run(
-        ["promtool", "check", "metrics"],
+        [promtool, "check", "metrics"],
         input=exposition,
         capture_output=True,
         check=False,
