@@ -6,7 +6,8 @@ each test) has its own and nothing is global.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from kerasrpc.service.device_memory import DeviceMemoryCollector
 from kerasrpc.service.job_series import JobSeries, StepValues, TrainingGauges
@@ -30,15 +31,22 @@ DEFAULT_JOB_SERIES_RETENTION_SECONDS = 600.0
 
 
 class ServiceMetrics:
-    """Hold every metric the service updates, on one registry."""
+    """Hold every metric the service updates, on one registry.
+
+    Args:
+        registry: where every metric is registered.
+        job_series_retention_seconds: how long a finished job's series stay.
+        clock: monotonic seconds, which time that retention.
+    """
 
     def __init__(
         self,
         registry: CollectorRegistry,
         job_series_retention_seconds: float = DEFAULT_JOB_SERIES_RETENTION_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
-        self._training(registry, job_series_retention_seconds)
+        self._training(registry, job_series_retention_seconds, clock)
         self._serving(registry)
         self._device(registry)
         self._grpc(registry)
@@ -89,8 +97,13 @@ class ServiceMetrics:
             self.training_jobs.labels(state).set(count)
         self._job_states.update(counts.keys())
 
-    def _training(self, registry: CollectorRegistry, retention: float) -> None:
-        self._job_gauges(retention, registry)
+    def _training(
+        self,
+        registry: CollectorRegistry,
+        retention: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._job_gauges(registry, retention, clock)
         self.training_jobs = Gauge(
             "kerasrpc_training_jobs",
             "Training jobs known to the server, by state.",
@@ -108,7 +121,12 @@ class ServiceMetrics:
             self.training_jobs_finished.labels(state)
         self._job_states: set[str] = set()
 
-    def _job_gauges(self, retention: float, registry: CollectorRegistry) -> None:
+    def _job_gauges(
+        self,
+        registry: CollectorRegistry,
+        retention: float,
+        clock: Callable[[], float],
+    ) -> None:
         """Create the per-job gauges, exported through the JobSeries collector."""
         self.training_cost = _job_gauge(
             "kerasrpc_training_cost", "Cost of the latest training step, per job."
@@ -145,7 +163,7 @@ class ServiceMetrics:
             examples_per_second=self.training_examples_per_second,
             running=self.training_job_running,
         )
-        self.job_series = JobSeries(gauges, retention)
+        self.job_series = JobSeries(gauges, retention, clock)
         registry.register(self.job_series)
 
     def _serving(self, registry: CollectorRegistry) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 from kerasrpc.service.device_memory import DeviceMemory, DeviceMemoryCollector
-from kerasrpc.service.job_series import JobSeries, StepValues
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.metrics_http import (
     MetricsEndpoint,
@@ -23,7 +22,7 @@ from kerasrpc.service.metrics_http import (
     start_metrics_endpoint,
 )
 from kerasrpc.service.settings import SettingsError
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import require_tool
@@ -197,6 +196,9 @@ def test_finished_job_series_go_at_the_first_scrape_after_retention() -> None:
     assert value(swept, "kerasrpc_training_cost", job_id="live", model="mnist") == 1
 
 
+METRIC = "kerasrpc_training_metric"
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -205,51 +207,65 @@ class FakeClock:
         return self.now
 
 
-def job_series(clock: FakeClock, retention: float = 60) -> JobSeries:
-    metrics = ServiceMetrics(CollectorRegistry())
-    return JobSeries(metrics.job_series._gauges, retention, clock=clock)
+def clocked_metrics(clock: FakeClock, retention: float = 60) -> ServiceMetrics:
+    """Return metrics whose finished jobs' series expire on `clock`."""
+    return ServiceMetrics(
+        CollectorRegistry(), job_series_retention_seconds=retention, clock=clock
+    )
 
 
-STEP = StepValues(1.0, {"auc": 0.5}, 0.1, step=4, epoch=1, examples_per_second=9)
+def job_sample(
+    metrics: ServiceMetrics, job_id: str, name: str = "kerasrpc_training_cost"
+) -> float | None:
+    """Return a job's exported sample, or None when it has no series."""
+    labels = {"job_id": job_id, "model": "mnist"}
+    if name == METRIC:
+        labels["metric"] = "accuracy"
+    return metrics.registry.get_sample_value(name, labels)
 
 
 def test_series_stay_for_the_retention_then_go() -> None:
     clock = FakeClock()
-    series = job_series(clock, retention=60)
-    series.record("a", "m", STEP)
-    series.finished("a", "m", ["auc", "loss"])
+    metrics = clocked_metrics(clock, retention=60)
+    record(metrics, "a", step=4, cost=1.0)
+    metrics.job_finished("a", "mnist", ["accuracy", "loss"])
 
     clock.now += 59
-    assert series.sweep() == 0
+    kept = job_sample(metrics, "a"), job_sample(metrics, "a", METRIC)
     clock.now += 1
-    assert series.sweep() == 1
-    assert series.tracked_jobs() == 0
+
+    assert kept == (1.0, 0.54)
+    assert job_sample(metrics, "a") is None
+    assert job_sample(metrics, "a", METRIC) is None
+    assert metrics.job_series.tracked_jobs() == 0
 
 
 def test_a_job_that_records_again_is_not_dropped() -> None:
     clock = FakeClock()
-    series = job_series(clock, retention=60)
-    series.record("a", "m", STEP)
-    series.finished("a", "m", [])
+    metrics = clocked_metrics(clock, retention=60)
+    record(metrics, "a", step=4, cost=1.0)
+    metrics.job_finished("a", "mnist", [])
 
-    series.record("a", "m", STEP)
+    record(metrics, "a", step=5, cost=2.0)
     clock.now += 120
 
-    assert series.sweep() == 0
-    assert series.tracked_jobs() == 1
+    assert job_sample(metrics, "a") == 2.0
+    assert job_sample(metrics, "a", "kerasrpc_training_job_running") == 1
+    assert metrics.job_series.tracked_jobs() == 1
 
 
 def test_many_finished_jobs_are_swept_in_one_pass() -> None:
     clock = FakeClock()
-    series = job_series(clock, retention=10)
+    metrics = clocked_metrics(clock, retention=10)
     for index in range(500):
-        series.record(f"job-{index}", "m", STEP)
-        series.finished(f"job-{index}", "m", ["auc"])
+        record(metrics, f"job-{index}", step=4, cost=1.0)
+        metrics.job_finished(f"job-{index}", "mnist", ["accuracy"])
 
     clock.now += 10
 
-    assert series.sweep() == 500
-    assert series.tracked_jobs() == 0
+    assert metrics.job_series.sweep() == 500
+    assert metrics.job_series.tracked_jobs() == 0
+    assert b"job-" not in generate_latest(metrics.registry)
 
 
 def test_cpu_memory_is_the_resident_set_and_its_peak_holds(
