@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -79,6 +81,14 @@ def test_schedule_is_initial_rate_over_step_plus_one() -> None:
     assert float(schedule(9)) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("rate", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_schedule_rejects_a_rate_that_is_not_a_positive_number(rate: object) -> None:
+    expected = f"initial_learning_rate expected a positive number, received {rate!r}"
+
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        InverseStepDecay(initial_learning_rate=rate)
+
+
 def test_one_sgd_step_with_schedule_moves_weight_from_4_to_3_4() -> None:
     w = tf.Variable(4.0)
     with tf.GradientTape() as tape:
@@ -123,6 +133,16 @@ def test_affine_dense_config_round_trips_name_dtype_and_units() -> None:
 def test_affine_dense_rejects_non_positive_units() -> None:
     with pytest.raises(ValueError, match="units=0"):
         AffineDense(units=0)
+
+
+@pytest.mark.parametrize("units", [0, -3, True, 2.5, "5"])
+def test_single_dense_model_rejects_units_that_are_not_a_positive_integer(
+    units: object,
+) -> None:
+    expected = f"SingleDenseModel expected a positive integer, received units={units!r}"
+
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        SingleDenseModel(units=units)
 
 
 def test_single_dense_model_wraps_one_named_dense_layer() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from kerasrpc.service.keras.arguments import check_units
 
 
 @keras.saving.register_keras_serializable(package="kerasrpc")
@@ -24,11 +25,7 @@ class AffineDense(keras.layers.Layer):  # type: ignore[misc]
 
     def __init__(self, units: int = 32, seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
-            raise ValueError(
-                f"AffineDense expected a positive integer, received units={units!r}"
-            )
-        self.units = units
+        self.units = check_units("AffineDense", units)
         self.seed = seed
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:

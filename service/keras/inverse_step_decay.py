@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from kerasrpc.service.keras.arguments import check_positive_number
 
 
 @keras.saving.register_keras_serializable(package="kerasrpc")
@@ -21,7 +22,9 @@ class InverseStepDecay(keras.optimizers.schedules.LearningRateSchedule):  # type
 
     def __init__(self, initial_learning_rate: float):
         super().__init__()
-        self.initial_learning_rate = float(initial_learning_rate)
+        self.initial_learning_rate = check_positive_number(
+            "initial_learning_rate", initial_learning_rate
+        )
 
     def __call__(self, step: Any) -> Any:
         """Return the rate at this optimizer step."""

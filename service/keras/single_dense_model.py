@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from kerasrpc.service.keras.arguments import check_units
 
 
 @keras.saving.register_keras_serializable(package="kerasrpc")
@@ -27,6 +28,7 @@ class SingleDenseModel(keras.Model):  # type: ignore[misc]
         seed: int | None = None,
         **kwargs: Any,
     ):
+        check_units("SingleDenseModel", units)
         super().__init__(**kwargs)
         self.units = units
         self.activation = activation
