@@ -9,19 +9,24 @@ import numpy as np
 import numpy.typing as npt
 from kerasrpc.v1 import tensor_pb2
 
-_NUMPY_TYPES: dict[int, str] = {
-    tensor_pb2.DATA_TYPE_BOOL: "bool",
-    tensor_pb2.DATA_TYPE_INT8: "<i1",
-    tensor_pb2.DATA_TYPE_INT16: "<i2",
-    tensor_pb2.DATA_TYPE_INT32: "<i4",
-    tensor_pb2.DATA_TYPE_INT64: "<i8",
-    tensor_pb2.DATA_TYPE_UINT8: "<u1",
-    tensor_pb2.DATA_TYPE_UINT16: "<u2",
-    tensor_pb2.DATA_TYPE_UINT32: "<u4",
-    tensor_pb2.DATA_TYPE_UINT64: "<u8",
-    tensor_pb2.DATA_TYPE_FLOAT16: "<f2",
-    tensor_pb2.DATA_TYPE_FLOAT32: "<f4",
-    tensor_pb2.DATA_TYPE_FLOAT64: "<f8",
+_NUMPY_TYPES: dict[int, np.dtype[Any]] = {
+    tensor_pb2.DATA_TYPE_BOOL: np.dtype("bool"),
+    tensor_pb2.DATA_TYPE_INT8: np.dtype("<i1"),
+    tensor_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
+    tensor_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    tensor_pb2.DATA_TYPE_UINT8: np.dtype("<u1"),
+    tensor_pb2.DATA_TYPE_UINT16: np.dtype("<u2"),
+    tensor_pb2.DATA_TYPE_UINT32: np.dtype("<u4"),
+    tensor_pb2.DATA_TYPE_UINT64: np.dtype("<u8"),
+    tensor_pb2.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+}
+# Both byte orders of each dtype map to its DataType; arrays are sent little-endian.
+_DATA_TYPES: dict[np.dtype[Any], int] = {
+    **{dtype: value for value, dtype in _NUMPY_TYPES.items()},
+    **{dtype.newbyteorder(">"): value for value, dtype in _NUMPY_TYPES.items()},
 }
 
 
@@ -41,19 +46,17 @@ def numpy_dtype(dtype: int) -> np.dtype[Any]:
 
         bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
         return bfloat16
-    if dtype not in _NUMPY_TYPES:
-        raise KeyError(dtype)
-    return np.dtype(_NUMPY_TYPES[dtype])
+    return _NUMPY_TYPES[dtype]
 
 
 def data_type(dtype: npt.DTypeLike) -> int:
     """Return the kerasrpc DataType value of a numpy dtype."""
     resolved = np.dtype(dtype)
+    found = _DATA_TYPES.get(resolved)
+    if found is not None:
+        return found
     if resolved.name == "bfloat16":
         return tensor_pb2.DATA_TYPE_BFLOAT16
-    for value, name in _NUMPY_TYPES.items():
-        if np.dtype(name) == resolved.newbyteorder("<") or (resolved == np.dtype(name)):
-            return value
     raise ValueError(
         f"dtype expected one of {', '.join(dtype_names())}, received {resolved}"
     )
@@ -61,20 +64,24 @@ def data_type(dtype: npt.DTypeLike) -> int:
 
 def dtype_names() -> list[str]:
     """Return the names of the dtypes a Tensor can carry."""
-    return [np.dtype(name).name for name in _NUMPY_TYPES.values()] + ["bfloat16"]
+    return [dtype.name for dtype in _NUMPY_TYPES.values()] + ["bfloat16"]
 
 
 def to_tensor(array: npt.ArrayLike) -> tensor_pb2.Tensor:
     """Encode an array as a Tensor: its dtype, shape and little-endian bytes."""
+    tensor = tensor_pb2.Tensor()
+    fill_tensor(tensor, array)
+    return tensor
+
+
+def fill_tensor(tensor: tensor_pb2.Tensor, array: npt.ArrayLike) -> None:
+    """Write an array into an existing Tensor message, copying its bytes once."""
     values = np.asarray(array)
-    dtype = data_type(values.dtype)
+    tensor.dtype = data_type(values.dtype)  # type: ignore[assignment]
     if values.dtype.byteorder == ">":
         values = values.astype(values.dtype.newbyteorder("<"))
-    return tensor_pb2.Tensor(
-        dtype=dtype,  # type: ignore[arg-type]
-        shape=values.shape,
-        content=np.ascontiguousarray(values).tobytes(),
-    )
+    tensor.shape[:] = values.shape
+    tensor.content = np.ascontiguousarray(values).tobytes()
 
 
 def to_array(tensor: tensor_pb2.Tensor, field: str = "tensor") -> npt.NDArray[Any]:
@@ -98,11 +105,12 @@ def to_array(tensor: tensor_pb2.Tensor, field: str = "tensor") -> npt.NDArray[An
             f"{field}.shape",
             f"expected non-negative dimensions, received {list(shape)}",
         )
+    content = tensor.content  # each read of a bytes field copies it
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.content) != expected:
+    if len(content) != expected:
         raise TensorFormatError(
             f"{field}.content",
             f"expected {expected} bytes for dtype {dtype.name} and shape "
-            f"{list(shape)}, received {len(tensor.content)}",
+            f"{list(shape)}, received {len(content)}",
         )
-    return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
+    return np.frombuffer(content, dtype=dtype).reshape(shape)

@@ -47,13 +47,14 @@ class _Call:
         elapsed = time.perf_counter() - self.started
         self.metrics.grpc_handled.labels(*self.labels, code.name).inc()
         self.metrics.grpc_handling_seconds.labels(*self.labels).observe(elapsed)
-        access_logger.debug(
-            "%s %s %.1fms peer=%s",
-            self.full_method,
-            code.name,
-            elapsed * 1000,
-            context.peer(),
-        )
+        if access_logger.isEnabledFor(logging.DEBUG):
+            access_logger.debug(
+                "%s %s %.1fms peer=%s",
+                self.full_method,
+                code.name,
+                elapsed * 1000,
+                context.peer(),
+            )
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]

@@ -66,6 +66,7 @@ class InferenceEngine:
         self.registry = registry
         self._policies = BatchPolicies(settings)
         self._served: dict[tuple[str, int], _Served] = {}
+        self._compile_locks: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -164,14 +165,21 @@ class InferenceEngine:
             served = self._served.get(key)
             if served is not None and served.loaded is loaded:
                 return served
-        fresh = _Served(loaded, self._batcher(loaded))
-        with self._lock:
-            current = self._served.get(key)
-            if current is not None and current.loaded is loaded:
-                return current
-            self._served[key] = fresh
+        with self._compiling(key):
+            with self._lock:
+                current = self._served.get(key)
+                if current is not None and current.loaded is loaded:
+                    return current
+            fresh = _Served(loaded, self._batcher(loaded))
+            with self._lock:
+                self._served[key] = fresh
         logger.info("serving %s version %d", loaded.model_name, loaded.version)
         return fresh
+
+    def _compiling(self, key: tuple[str, int]) -> threading.Lock:
+        """Return the lock that lets one request at a time compile a version."""
+        with self._lock:
+            return self._compile_locks.setdefault(key, threading.Lock())
 
     def _batcher(self, loaded: LoadedVersion) -> Batcher:
         try:
@@ -206,6 +214,7 @@ class InferenceEngine:
             for key, served in list(self._served.items()):
                 if served.batcher is batcher:
                     del self._served[key]
+                    self._compile_locks.pop(key, None)
 
     def _record(self, labels: dict[str, str], code: str, elapsed: float) -> None:
         self.metrics.predict_requests.labels(

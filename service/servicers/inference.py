@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
-from kerasrpc.client.tensors import to_array, to_tensor
+from kerasrpc.client.tensors import fill_tensor, to_array
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
 from kerasrpc.service.inference import Prediction
 from kerasrpc.service.inference.limits import check_response_size, deadline_of
@@ -82,11 +82,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.PredictResponse:
         outputs = prediction.outputs
         check_response_size(outputs.values(), self._app.settings.max_message_bytes)
-        return inference_service_pb2.PredictResponse(
-            model_name=prediction.model_name,
-            version=prediction.version,
-            outputs={name: to_tensor(array) for name, array in outputs.items()},
+        response = inference_service_pb2.PredictResponse(
+            model_name=prediction.model_name, version=prediction.version
         )
+        for name, array in outputs.items():
+            fill_tensor(response.outputs[name], array)
+        return response
 
 
 def caller_limits(
