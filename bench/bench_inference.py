@@ -95,34 +95,6 @@ def client(address: str) -> Any:
     return Client(address, timeout=120, max_message_bytes=256 << 20)
 
 
-def median_seconds(call: Callable[[], Any], repeats: int) -> float:
-    """Return the median seconds of `call` after two warm-up calls."""
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-# (a) ---------------------------------------------------------------------------
-
-
-def in_process_forward(path: Path, x: np.ndarray, repeats: int) -> float:
-    """Time the compiled forward pass the service uses, in this process."""
-    import keras
-    from kerasrpc.service.inference.forward import Forward
-    from kerasrpc.service.registry.signature import model_signature
-
-    model = keras.saving.load_model(path)
-    inputs, outputs = model_signature(model)
-    forward = Forward(model, inputs, outputs)
-    name = inputs[0].name
-    return median_seconds(lambda: forward({name: x}), repeats)
-
-
 def _echo_server(sizes: Any, ready: Any) -> None:
     """Serve ECHO_METHOD: answer any request with `sizes["response"]` bytes."""
     import grpc
@@ -144,51 +116,91 @@ def _echo_server(sizes: Any, ready: Any) -> None:
     server.wait_for_termination()
 
 
-def echo_round_trip(request: bytes, response_bytes: int, repeats: int) -> float:
-    """Time a raw gRPC round trip of the same request and response sizes."""
-    import grpc
-
+@contextmanager
+def echo_server(response_bytes: int) -> Iterator[str]:
+    """Run a raw gRPC echo service in a child process; yield its address."""
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
     sizes = {"response": response_bytes}
     process = context.Process(target=_echo_server, args=(sizes, ready), daemon=True)
     process.start()
     try:
-        port = ready.get(timeout=60)
-        options = [
-            ("grpc.max_receive_message_length", BIG),
-            ("grpc.max_send_message_length", BIG),
-        ]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            echo = channel.unary_unary(ECHO_METHOD)
-            return median_seconds(lambda: echo(request, timeout=60), repeats)
+        yield f"127.0.0.1:{ready.get(timeout=60)}"
     finally:
         process.terminate()
         process.join(10)
 
 
+def interleaved_medians(
+    calls: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, float]:
+    """Time the calls in turn, round after round; return each one's median seconds.
+
+    Interleaving spreads the machine's drift over all of them alike, and the
+    order rotates each round so that each call follows each other one equally
+    often (a call can leave threads busy that slow the next one).
+    """
+    for call in calls.values():
+        call()
+        call()
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def added_time(address: str, path: Path, repeats: int) -> dict[str, float]:
     """Part (a): the service's added time over the forward pass, against echo.
 
-    Both round trips send a request built beforehand, so encoding the array
-    on the client side counts in neither.
+    The three are timed in turn, round after round: Predict through the
+    service, the same compiled forward pass in this process, and a raw gRPC
+    round trip of the same request and response bytes. Both round trips send
+    a request built beforehand, so encoding the array counts in neither.
     """
+    import grpc
+    import keras
     from kerasrpc.client.client import predict_request
+    from kerasrpc.service.inference.forward import Forward
+    from kerasrpc.service.registry.signature import model_signature
 
     x = np.random.default_rng(0).normal(size=(4096, 2, 8)).astype("float32")
     request = predict_request(MODEL, x, 0, [])
+    model = keras.saving.load_model(path)
+    inputs, outputs = model_signature(model)
+    forward = Forward(model, inputs, outputs)
+    options = [
+        ("grpc.max_receive_message_length", BIG),
+        ("grpc.max_send_message_length", BIG),
+    ]
     with client(address) as connected:
         stub = connected.inference
-        predict = median_seconds(lambda: stub.Predict(request, timeout=60), repeats)
-        response = stub.Predict(request, timeout=60)
-    forward = in_process_forward(path, x, repeats)
-    echo = echo_round_trip(request.SerializeToString(), response.ByteSize(), repeats)
+        response_bytes = stub.Predict(request, timeout=60).ByteSize()
+        raw = request.SerializeToString()
+        with (
+            echo_server(response_bytes) as echo_address,
+            grpc.insecure_channel(echo_address, options=options) as channel,
+        ):
+            echo = channel.unary_unary(ECHO_METHOD)
+            medians = interleaved_medians(
+                {
+                    "predict": lambda: stub.Predict(request, timeout=60),
+                    "forward": lambda: forward({inputs[0].name: x}),
+                    "echo": lambda: echo(raw, timeout=60),
+                },
+                repeats,
+            )
+    added = medians["predict"] - medians["forward"]
     return {
-        "predict_ms": predict * 1e3,
-        "forward_ms": forward * 1e3,
-        "added_ms": (predict - forward) * 1e3,
-        "echo_ms": echo * 1e3,
-        "ratio": (predict - forward) / echo,
+        "predict_ms": medians["predict"] * 1e3,
+        "forward_ms": medians["forward"] * 1e3,
+        "added_ms": added * 1e3,
+        "echo_ms": medians["echo"] * 1e3,
+        "ratio": added / medians["echo"],
     }
 
 
@@ -275,7 +287,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
