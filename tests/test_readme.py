@@ -44,3 +44,11 @@ def test_every_benchmark_make_bench_runs_exists() -> None:
     assert "-m bench.run_all" in makefile
     for module in BENCHMARKS:
         assert importlib.util.find_spec(module) is not None, module
+
+
+def test_every_document_the_readme_links_exists() -> None:
+    linked = re.findall(r"\]\(([^)#]+)\)", README)
+
+    assert linked
+    for path in linked:
+        assert (ROOT / path).exists(), path
