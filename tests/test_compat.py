@@ -314,3 +314,48 @@ def test_unknown_models_in_open_inference_metadata_are_not_found(
         triton_client.get_model_metadata(unique("absent"))
 
     assert raised.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_open_inference_shapes_beyond_any_message_are_refused(
+    server: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    request = service_pb2.ModelInferRequest(model_name=model.name)
+    request.inputs.add(name="features", datatype="FP32", shape=[2**32, 2**32, 8])
+    request.raw_input_contents.append(b"")
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request, timeout=60)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents[0]" in raised.value.details()
+
+
+def test_tf_serving_one_value_for_a_huge_shape_is_refused_before_expanding(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    model = stored["sequential"]
+    request = tf_request(model.name, {})
+    request.inputs["features"].CopyFrom(
+        tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[
+                    tensor_shape_pb2.TensorShapeProto.Dim(size=size)
+                    for size in (2**20, 2**20, 8)
+                ]  # fmt: skip
+            ),
+            float_val=[1.0],
+        )
+    )
+
+    with pytest.raises(grpc.RpcError) as raised:
+        tf_serving(channel).Predict(request, timeout=60)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[features]" in raised.value.details()
+    assert "bytes once decoded" in raised.value.details()

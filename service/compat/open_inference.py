@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +208,7 @@ def _decode(
         raise InvalidArgument.field(
             f"{where}.shape", f"expected sizes >= 0, received {list(shape)}"
         )
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if raw is not None:
         return _from_raw(raw, dtype, shape, count, f"raw_input_contents[{index}]")
     return _from_contents(tensor, dtype, shape, count, f"{where}.contents")

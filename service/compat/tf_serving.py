@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
     ) -> predict_pb2.PredictResponse:
         """Predict one batch of TensorProto inputs."""
         model_name, version = model_target(request.model_spec)
-        inputs = decode_inputs(request.inputs)
+        inputs = decode_inputs(request.inputs, self._app.settings.max_message_bytes)
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             model_name,
@@ -127,17 +128,26 @@ def model_target(spec: model_pb2.ModelSpec) -> tuple[str, int]:
     return spec.name, version
 
 
-def decode_inputs(inputs: Mapping[str, tf_tensor_pb2.TensorProto]) -> dict[str, Array]:
+def decode_inputs(
+    inputs: Mapping[str, tf_tensor_pb2.TensorProto], max_bytes: int
+) -> dict[str, Array]:
     """Decode TensorProto inputs into arrays by name.
 
+    Args:
+        inputs: the request's tensors by name.
+        max_bytes: the message size limit; a tensor whose decoded size
+            exceeds twice this (the most a message of that size can hold)
+            is refused before anything is allocated.
+
     Raises:
-        InvalidArgument: naming each input that is not a numeric tensor.
+        InvalidArgument: naming each input that is not a numeric tensor, or
+            that is larger than a message can carry.
     """
     arrays: dict[str, Array] = {}
     violations: list[FieldViolation] = []
     for name, proto in inputs.items():
         try:
-            arrays[name] = _to_array(proto)
+            arrays[name] = _to_array(proto, max_bytes)
         except (TypeError, ValueError) as error:
             violations.append(FieldViolation(f"inputs[{name}]", str(error)))
     if violations:
@@ -145,7 +155,7 @@ def decode_inputs(inputs: Mapping[str, tf_tensor_pb2.TensorProto]) -> dict[str, 
     return arrays
 
 
-def _to_array(proto: tf_tensor_pb2.TensorProto) -> Array:
+def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
     """Decode one TensorProto; packed tensor_content is read without a copy."""
     dtype = tf.dtypes.as_dtype(proto.dtype)
     if dtype == tf.string or dtype.is_quantized or dtype.is_complex:
@@ -153,16 +163,24 @@ def _to_array(proto: tf_tensor_pb2.TensorProto) -> Array:
     shape = [int(dim.size) for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise ValueError(f"expected sizes >= 0, received {shape}")
-    if not proto.tensor_content:
-        return np.asarray(tf.make_ndarray(proto))
     numpy_type = np.dtype(dtype.as_numpy_dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * numpy_type.itemsize
-    if len(proto.tensor_content) != expected:
+    expected = math.prod(shape) * numpy_type.itemsize
+    if expected > 2 * max_bytes:
+        # Typed values may hold one value for the whole shape, which
+        # make_ndarray would expand: refuse before allocating it.
+        raise ValueError(
+            f"expected at most {2 * max_bytes} bytes once decoded, received "
+            f"shape {shape} of {dtype.name} ({expected} bytes)"
+        )
+    content = proto.tensor_content  # each read of a bytes field copies it
+    if not content:
+        return np.asarray(tf.make_ndarray(proto))
+    if len(content) != expected:
         raise ValueError(
             f"expected {expected} bytes of tensor_content for {dtype.name} and "
-            f"shape {shape}, received {len(proto.tensor_content)}"
+            f"shape {shape}, received {len(content)}"
         )
-    return np.frombuffer(proto.tensor_content, dtype=numpy_type).reshape(shape)
+    return np.frombuffer(content, dtype=numpy_type).reshape(shape)
 
 
 def _answered_spec(model_name: str, version: int) -> model_pb2.ModelSpec:
