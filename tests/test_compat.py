@@ -347,7 +347,7 @@ def test_tf_serving_one_value_for_a_huge_shape_is_refused_before_expanding(
                 dim=[
                     tensor_shape_pb2.TensorShapeProto.Dim(size=size)
                     for size in (2**20, 2**20, 8)
-                ]  # fmt: skip
+                ]
             ),
             float_val=[1.0],
         )
