@@ -152,7 +152,10 @@ class Batcher:
             self._queue.append(request)
             self._queued_examples += request.size
             self._start_worker()
-            self._lock.notify_all()
+            # The worker waits for a first request, then for a full batch or
+            # the delay: wake it only when one of those can have changed.
+            if len(self._queue) == 1 or self._queued_examples >= self.policy.max_size:
+                self._lock.notify()
         self._hooks.queue_depth(1)
 
     def _wait(self, request: PendingRequest) -> dict[str, Array]:
