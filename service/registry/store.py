@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
+from kerasrpc.service.durable import sync_directory, sync_file, write_atomic
 from kerasrpc.service.errors import InvalidArgument
 from kerasrpc.service.registry.names import check_model_name
 from kerasrpc.v1 import model_service_pb2, tensor_pb2
@@ -167,7 +168,7 @@ class Store:
         folder = self.root / model_name
         if not folder.exists():
             folder.mkdir()
-            fsync_dir(self.root)
+            sync_directory(self.root)
         write_json_atomic(folder / MODEL_INDEX, {"last_version": last_version})
 
     def commit_version(self, staged: Path, record: VersionRecord) -> None:
@@ -179,12 +180,12 @@ class Store:
         (staged / VERSION_FILE).write_text(
             json.dumps(record.to_json(), indent=2), encoding="utf-8"
         )
-        fsync_file(staged / MODEL_FILE)
-        fsync_file(staged / VERSION_FILE)
-        fsync_dir(staged)
+        sync_file(staged / MODEL_FILE)
+        sync_file(staged / VERSION_FILE)
+        sync_directory(staged)
         folder = self.root / record.model_name
         os.rename(staged, folder / str(record.version))
-        fsync_dir(folder)
+        sync_directory(folder)
 
     def discard_version(self, model_name: str, version: int) -> None:
         """Delete a version's folder."""
@@ -298,26 +299,7 @@ def read_json(path: Path) -> Any:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace a JSON file so that readers see the old or the new one whole."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    fsync_file(partial)
-    os.replace(partial, path)
-    fsync_dir(path.parent)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file's contents to disk."""
-    with path.open("rb") as file:
-        os.fsync(file.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk, so renames in it survive a crash."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    write_atomic(path, json.dumps(data).encode("utf-8"))
 
 
 def now() -> float:

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from kerasrpc.client.tensors import TensorFormatError, data_type, to_array
+from kerasrpc.service.durable import sync_directory, write_atomic
 from kerasrpc.service.errors import InvalidArgument, NotFound
-from kerasrpc.service.training.records import now, sync_directory, write_atomic
+from kerasrpc.service.training.records import now
 from kerasrpc.v1 import tensor_pb2, training_service_pb2
 
 logger = logging.getLogger("kerasrpc.service.training")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerasrpc.service.device import Device
+from kerasrpc.service.durable import write_atomic
 from kerasrpc.service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -28,7 +29,7 @@ from kerasrpc.service.training.datasets import DatasetStore, StoredDataset
 from kerasrpc.service.training.eventlog import EventLog, scan
 from kerasrpc.service.training.loop import Position, Trainer, checkpoint_step
 from kerasrpc.service.training.plan import Plan, make_plan
-from kerasrpc.service.training.records import JobRecord, now, write_atomic
+from kerasrpc.service.training.records import JobRecord, now
 from kerasrpc.service.training.runner import JobRunner, Outcome, RunContext
 from kerasrpc.v1 import model_service_pb2, training_service_pb2
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
+from kerasrpc.service.durable import sync_directory, write_atomic
 from kerasrpc.service.training.plan import Plan
-from kerasrpc.service.training.records import sync_directory, write_atomic
 
 logger = logging.getLogger("kerasrpc.service.training")
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from kerasrpc.service.durable import write_atomic
 from kerasrpc.v1 import training_service_pb2
 
 RECORD_FILE = "job.json"
@@ -92,29 +91,3 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp | None:
 def now() -> float:
     """Return the wall-clock time in seconds."""
     return time.time()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: a temporary file, fsync, then os.replace."""
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """Make a rename inside `directory` durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
