@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+# The tests compute on the CPU unless KERASRPC_DEVICE names a GPU index.
+TEST_DEVICE = os.environ.get("KERASRPC_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import grpc
 import pytest
@@ -25,7 +28,7 @@ def make_settings(state_dir: Path, **changes: Any) -> Any:
         listen="127.0.0.1:0",
         state_dir=state_dir,
         metrics_address="127.0.0.1:0",
-        device="cpu",
+        device=TEST_DEVICE,
         grace_seconds=5.0,
         workers=32,
     )
