@@ -7,15 +7,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The tests compute on the CPU unless KERASRPC_DEVICE names a GPU index.
-TEST_DEVICE = os.environ.get("KERASRPC_DEVICE", "cpu")
-if TEST_DEVICE == "cpu":
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-
 import grpc
 import pytest
 from kerasrpc.client import Client
+
+# Set before any test imports TensorFlow. The tests compute on the CPU unless
+# KERASRPC_DEVICE names a GPU index.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TEST_DEVICE = os.environ.get("KERASRPC_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 StartServer = Callable[..., Any]
 

@@ -20,7 +20,8 @@ class ServeProcess:
         command = [
             sys.executable, "-m", "kerasrpc.client.cli", "serve",
             "--listen", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0",
-            "--state-dir", str(state_dir), "--device", os.environ.get("KERASRPC_DEVICE", "cpu"), *flags,
+            "--state-dir", str(state_dir),
+            "--device", os.environ.get("KERASRPC_DEVICE", "cpu"), *flags,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command,
