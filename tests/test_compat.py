@@ -359,3 +359,22 @@ def test_tf_serving_one_value_for_a_huge_shape_is_refused_before_expanding(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs[features]" in raised.value.details()
     assert "bytes once decoded" in raised.value.details()
+
+
+def test_open_inference_non_ascii_digit_versions_are_refused(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    request = service_pb2.ModelInferRequest(
+        model_name=model.name, model_version="\N{SUPERSCRIPT TWO}"
+    )
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 2, 8])
+    request.raw_input_contents.append(b"\0" * 64)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, timeout=60
+        )
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model_version" in raised.value.details()

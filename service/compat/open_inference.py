@@ -160,7 +160,7 @@ def parse_version(text: str, field: str) -> int:
     """Parse a protocol version string; "" means the latest (0)."""
     if not text:
         return 0
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise InvalidArgument.field(
             field, f"expected a version number >= 1 or empty, received {text!r}"
         )
