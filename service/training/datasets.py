@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from kerasrpc.client.tensors import TensorFormatError, data_type, to_array
-from kerasrpc.service.durable import sync_directory, write_atomic
+from kerasrpc.service.durable import sync_directory, sync_file, write_atomic
 from kerasrpc.service.errors import InvalidArgument, NotFound
 from kerasrpc.service.training.records import now
 from kerasrpc.v1 import tensor_pb2, training_service_pb2
@@ -102,6 +102,7 @@ class DatasetStore:
         partial.mkdir()
         try:
             stored = self._write(dataset_id, name, chunks, partial)
+            sync_directory(partial)
             partial.rename(self.root / dataset_id)
             sync_directory(self.root)
         except BaseException:
@@ -136,6 +137,9 @@ class DatasetStore:
             raise InvalidArgument.field(
                 "chunk", "expected at least one chunk with rows, received none"
             )
+
+        sync_file(folder / FEATURES_FILE)
+        sync_file(folder / LABELS_FILE)
 
         size = sum(f.stat().st_size for f in folder.iterdir())
         stored = StoredDataset(
