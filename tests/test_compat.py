@@ -361,6 +361,26 @@ def test_tf_serving_one_value_for_a_huge_shape_is_refused_before_expanding(
     assert "bytes once decoded" in raised.value.details()
 
 
+def test_open_inference_typed_values_out_of_the_datatype_range_are_refused(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    model = stored["embedding"]
+    request = service_pb2.ModelInferRequest(model_name=model.name)
+    tensor = request.inputs.add(name="tokens", datatype="INT8", shape=[1, 2])
+    tensor.contents.int_contents.extend([5, 300])
+
+    with pytest.raises(grpc.RpcError) as raised:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, timeout=60
+        )
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[0].contents" in raised.value.details()
+    assert "expected values in [-128, 127] for INT8, received 300" in (
+        raised.value.details()
+    )
+
+
 def test_open_inference_non_ascii_digit_versions_are_refused(
     channel: grpc.Channel, stored: dict[str, Stored]
 ) -> None:

@@ -253,8 +253,24 @@ def _from_contents(
             f"{field}.{name}",
             f"expected {count} values for shape {list(shape)}, received {len(values)}",
         )
+    _check_range(values, dtype, tensor.datatype, f"{field}.{name}")
     array = np.array(values, dtype=dtype)
     return array.reshape(shape)
+
+
+def _check_range(
+    values: Sequence[Any], dtype: np.dtype[Any], datatype: str, field: str
+) -> None:
+    if dtype.kind not in "iu" or not values:
+        return
+    limits = np.iinfo(dtype)
+    low, high = min(values), max(values)
+    if low < limits.min or high > limits.max:
+        raise InvalidArgument.field(
+            field,
+            f"expected values in [{limits.min}, {limits.max}] for {datatype}, "
+            f"received {low if low < limits.min else high}",
+        )
 
 
 def _metadata(
