@@ -176,6 +176,7 @@ class ModelRegistry:
     ) -> model_service_pb2.ModelVersion:
         """Number a staged version and move it into place."""
         record.size_bytes = (staged / MODEL_FILE).stat().st_size
+        self._store.flush_staged(staged)
         with self._lock:
             model = self._models.get(record.model_name) or self._create(
                 record.model_name

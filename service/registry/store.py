@@ -171,16 +171,23 @@ class Store:
             sync_directory(self.root)
         write_json_atomic(folder / MODEL_INDEX, {"last_version": last_version})
 
-    def commit_version(self, staged: Path, record: VersionRecord) -> None:
-        """Move a staged folder holding model.keras into place as a version.
+    def flush_staged(self, staged: Path) -> None:
+        """Flush a staged model file to disk, before the version is numbered.
 
-        Writes version.json beside the model file, flushes both, then renames
+        The model file can be large: flushing it here, outside the registry's
+        lock, keeps loads and predictions running while it is written.
+        """
+        sync_file(staged / MODEL_FILE)
+
+    def commit_version(self, staged: Path, record: VersionRecord) -> None:
+        """Move a staged folder holding a flushed model.keras into place.
+
+        Writes version.json beside the model file and flushes it, then renames
         the folder, so the version appears whole or not at all.
         """
         (staged / VERSION_FILE).write_text(
             json.dumps(record.to_json(), indent=2), encoding="utf-8"
         )
-        sync_file(staged / MODEL_FILE)
         sync_file(staged / VERSION_FILE)
         sync_directory(staged)
         folder = self.root / record.model_name
