@@ -9,6 +9,7 @@ call ends in UNKNOWN or shows the caller a traceback.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from grpc_status import rpc_status
 from kerasrpc.client.tensors import TensorFormatError
 from kerasrpc.service.errors import (
     InvalidArgument,
+    ResourceExhausted,
     ServiceError,
     status_code,
     to_rpc_status,
@@ -29,6 +31,8 @@ logger = logging.getLogger("kerasrpc.service")
 access_logger = logging.getLogger("kerasrpc.service.access")
 
 Behavior = Callable[..., Any]
+# Worker threads kept free of streams for short calls such as health checks.
+RESERVED_WORKERS = 8
 Handler = Any  # grpc.RpcMethodHandler, whose stubs disagree with the runtime
 
 
@@ -57,11 +61,47 @@ class _Call:
             )
 
 
+class StreamSlots:
+    """Bound the calls that hold a worker thread for long: streams and uploads.
+
+    Each open stream (a training event stream, PredictStream, an upload)
+    keeps one of the server's worker threads for as long as it lasts. Without
+    a bound, enough of them would leave no thread for health checks and other
+    short calls, which would then wait forever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Take a slot, or raise ResourceExhausted when all are taken."""
+        with self._lock:
+            if self._open >= self.limit:
+                raise ResourceExhausted(
+                    f"the server has {self.limit} streams open, its limit; "
+                    "retry later or raise --workers"
+                )
+            self._open += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._open -= 1
+
+
+def stream_limit(workers: int) -> int:
+    """Return how many worker threads streams may hold, keeping some for the rest."""
+    return max(1, workers - min(RESERVED_WORKERS, workers // 2))
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Map errors, log access at DEBUG and count RPCs for every method."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, stream_slots: StreamSlots) -> None:
         self._metrics = metrics
+        self._slots = stream_slots
 
     def intercept_service(
         self,
@@ -81,7 +121,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, "client_stream"),
+                self._unary(
+                    handler.stream_unary, method, "client_stream", holds_slot=True
+                ),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
@@ -97,16 +139,29 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             handler.response_serializer,
         )
 
-    def _unary(self, behavior: Behavior, method: str, rpc_type: str) -> Behavior:
+    def _unary(
+        self,
+        behavior: Behavior,
+        method: str,
+        rpc_type: str,
+        *,
+        holds_slot: bool = False,
+    ) -> Behavior:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
+            slot = False
             try:
+                if holds_slot:
+                    self._slots.acquire()
+                    slot = True
                 return behavior(request, context)
             except BaseException as error:
                 code = _abort(error, context, method)
                 raise
             finally:
+                if slot:
+                    self._slots.release()
                 call.finish(_final_code(code, context), context)
 
         return handle
@@ -115,7 +170,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
+            slot = False
             try:
+                self._slots.acquire()
+                slot = True
                 yield from behavior(request, context)
             except GeneratorExit:
                 code = grpc.StatusCode.CANCELLED
@@ -124,6 +182,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 code = _abort(error, context, method)
                 raise
             finally:
+                if slot:
+                    self._slots.release()
                 call.finish(_final_code(code, context), context)
 
         return handle

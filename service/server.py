@@ -15,7 +15,11 @@ from grpc_reflection.v1alpha import reflection
 from kerasrpc.service.compat import add_compat_services
 from kerasrpc.service.device import Device, configure_device
 from kerasrpc.service.inference import InferenceEngine
-from kerasrpc.service.interceptors import ServiceInterceptor
+from kerasrpc.service.interceptors import (
+    ServiceInterceptor,
+    StreamSlots,
+    stream_limit,
+)
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.metrics_http import MetricsEndpoint, start_metrics_endpoint
 from kerasrpc.service.registry import ModelRegistry
@@ -116,7 +120,9 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="kerasrpc-rpc"
         ),
-        interceptors=[ServiceInterceptor(app.metrics)],
+        interceptors=[
+            ServiceInterceptor(app.metrics, StreamSlots(stream_limit(settings.workers)))
+        ],
         options=_channel_options(settings),
         maximum_concurrent_rpcs=None,
     )
@@ -127,8 +133,9 @@ def create_server(
     except (OSError, ValueError):
         app.close(0.0, threading.Event())
         raise
-    server.start()
+    # Jobs on disk are loaded before the first call can submit another.
     app.jobs.start()
+    server.start()
     running = RunningServer(server, port, app, health_servicer, endpoint)
     logger.info(
         "listening on %s, computing on %s (%s)",

@@ -59,7 +59,11 @@ class Settings:
         metadata={"help": "On SIGTERM, how long in-flight calls may take to finish."},
     )
     workers: int = field(
-        default=64, metadata={"help": "Threads that serve gRPC calls."}
+        default=64,
+        metadata={
+            "help": "Threads that serve gRPC calls; open streams may hold all "
+            "but min(8, half) of them."
+        },
     )
     max_message_bytes: int = field(
         default=64 * MIB,

@@ -18,7 +18,7 @@ import pytest
 from kerasrpc.client import KerasRpcError
 from kerasrpc.client.errors import FieldViolation
 from kerasrpc.service.errors import InvalidArgument, NotFound, ResourceExhausted
-from kerasrpc.service.interceptors import ServiceInterceptor
+from kerasrpc.service.interceptors import ServiceInterceptor, StreamSlots
 from kerasrpc.service.metrics import ServiceMetrics
 from prometheus_client import CollectorRegistry
 
@@ -65,7 +65,7 @@ def failing() -> Iterator[tuple[str, ServiceMetrics]]:
     metrics = ServiceMetrics(CollectorRegistry())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
-        interceptors=[ServiceInterceptor(metrics)],
+        interceptors=[ServiceInterceptor(metrics, StreamSlots(4))],
     )
     handlers = {
         "unary": grpc.unary_unary_rpc_method_handler(_unary),

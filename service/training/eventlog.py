@@ -229,7 +229,9 @@ class EventLog:
             if self._closed:
                 return
             self._closed = True
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._changed.notify_all()
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+                self._changed.notify_all()

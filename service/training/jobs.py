@@ -103,7 +103,7 @@ class JobManager:
         unfinished = []
         for folder in sorted(self.root.iterdir()):
             job = self._load(folder)
-            if job is None:
+            if job is None or job.record.job_id in self._jobs:
                 continue
             self._jobs[job.record.job_id] = job
             if not job.record.finished:
@@ -318,13 +318,25 @@ class JobManager:
         record = job.record
         with self._lock:
             self._running.discard(record.job_id)
-            if outcome.interrupted:
-                record.save(job.folder)
-                self._log(job).close()
-            else:
-                self._end(job, outcome)
-            self._dispatch()
-            self._publish_counts()
+            try:
+                if outcome.interrupted:
+                    record.save(job.folder)
+                else:
+                    self._end(job, outcome)
+            except OSError:
+                # The state stays right in memory; the disk catches up on the
+                # next restart, which resumes the job from its checkpoint.
+                logger.exception("job %s: cannot record its end", record.job_id)
+            finally:
+                self._close_log(job)
+                self._dispatch()
+                self._publish_counts()
+
+    def _close_log(self, job: _Job) -> None:
+        try:
+            self._log(job).close()
+        except OSError:
+            logger.exception("job %s: cannot flush its event log", job.record.job_id)
 
     def _end(self, job: _Job, outcome: Outcome) -> None:
         record = job.record
@@ -336,7 +348,6 @@ class JobManager:
         self.metrics.training_jobs_finished.labels(state_label(outcome.state)).inc()
         self._publish_counts()
         self._emit_state(job, outcome.state, outcome.message, record.model_version)
-        self._log(job).close()
         shutil.rmtree(job.folder / CHECKPOINTS, ignore_errors=True)
         logger.info(
             "job %s %s at step %d%s",
@@ -538,7 +549,7 @@ def _read_batch(
         return batch, offset, final, replaying
     for record in scan(path, offset, end):
         offset = record.end
-        if replaying and record.step < from_step:
+        if replaying and record.step < from_step and not record.final:
             continue
         replaying = False
         batch.append(record.payload)
