@@ -274,3 +274,26 @@ def test_nan_cost_fails_the_job_and_the_server_goes_on(client: Client) -> None:
     assert final_state(list(client.train(training_spec(unique("after"))))).state == (
         SUCCEEDED
     )
+
+
+@pytest.mark.parametrize(
+    ("role", "text"),
+    [
+        ("train_data", "caf\N{LATIN SMALL LETTER E WITH ACUTE},target\n1,2\n"),
+        ("validation_data", "x,target\n1,2\n3,\N{MICRO SIGN}\n"),
+    ],
+    ids=["header", "row"],
+)
+def test_a_csv_file_that_is_not_utf8_names_its_path(
+    client: Client, server: Any, role: str, text: str
+) -> None:
+    (_data_root(server) / "latin1.csv").write_bytes(text.encode("latin-1"))
+    spec = training_spec(unique("latin1"))
+    getattr(spec, role).CopyFrom(_file("latin1.csv"))
+
+    with pytest.raises(KerasRpcError) as error:
+        client.start_training(spec)
+
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.value.violations] == [f"spec.{role}.file.path"]
+    assert "not UTF-8 text" in error.value.message

@@ -198,21 +198,15 @@ def _read_npz(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Ar
 def _read_csv(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
     # TODO: CSV files are read whole into memory; files larger than RAM fail
     # to load and should be converted to an uploaded dataset first.
-    with file.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise InvalidArgument.field(
-                f"{path}.path",
-                "expected a CSV file with a header row, received an empty file",
-            )
-        label_columns = _label_columns(header, data, path)
-        try:
-            rows = np.array([[float(v) for v in row] for row in reader if row])
-        except ValueError as error:
-            raise InvalidArgument.field(
-                f"{path}.path", f"expected numbers in every CSV cell, received {error}"
-            ) from None
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            header, label_columns, rows = _parse_csv(csv.reader(handle), data, path)
+    except UnicodeDecodeError:
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected a UTF-8 CSV file, received {data.path!r}, which is not "
+            "UTF-8 text",
+        ) from None
     if rows.ndim != 2 or rows.shape[1] != len(header):
         raise InvalidArgument.field(
             f"{path}.path",
@@ -221,6 +215,27 @@ def _read_csv(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Ar
     feature_columns = [i for i in range(len(header)) if i not in label_columns]
     values = rows.astype(np.float32)
     return values[:, feature_columns], values[:, label_columns]
+
+
+def _parse_csv(
+    reader: Any, data: spec_pb2.DataFile, path: str
+) -> tuple[list[str], list[int], Array]:
+    header: list[str] | None = next(reader, None)
+    if not header:
+        raise InvalidArgument.field(
+            f"{path}.path",
+            "expected a CSV file with a header row, received an empty file",
+        )
+    label_columns = _label_columns(header, data, path)
+    try:
+        rows = np.array([[float(v) for v in row] for row in reader if row])
+    except UnicodeDecodeError:
+        raise
+    except ValueError as error:
+        raise InvalidArgument.field(
+            f"{path}.path", f"expected numbers in every CSV cell, received {error}"
+        ) from None
+    return header, label_columns, rows
 
 
 def _label_columns(header: list[str], data: spec_pb2.DataFile, path: str) -> list[int]:
