@@ -297,3 +297,20 @@ def test_a_csv_file_that_is_not_utf8_names_its_path(
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.value.violations] == [f"spec.{role}.file.path"]
     assert "not UTF-8 text" in error.value.message
+
+
+def test_a_tfrecord_record_that_is_not_an_example_names_the_record(
+    client: Client, server: Any
+) -> None:
+    with tf.io.TFRecordWriter(str(_data_root(server) / "mixed.tfrecord")) as writer:
+        writer.write(_example([1.0, 2.0, 3.0, 4.0], [1.0]))
+        writer.write(b"\xff\xff\xff")
+    spec = training_spec(unique("mixed"), _file("mixed.tfrecord"))
+
+    with pytest.raises(KerasRpcError) as error:
+        client.start_training(spec)
+
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.value.violations] == ["spec.train_data.file.path"]
+    assert "'mixed.tfrecord'" in error.value.message
+    assert "record 1" in error.value.message

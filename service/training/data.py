@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import DecodeError
 from kerasrpc.client.tensors import TensorFormatError, to_array
 from kerasrpc.service.errors import InvalidArgument, NotFound
 from kerasrpc.service.training.datasets import DatasetStore
@@ -262,7 +263,7 @@ def _read_tfrecord(
     columns: tuple[list[Array], list[Array]] = ([], [])
     try:
         for i, raw in enumerate(tf.data.TFRecordDataset(str(file)).as_numpy_iterator()):
-            example = tf.train.Example.FromString(raw)
+            example = _parse_example(raw, i, data.path, path)
             for key, column in zip(keys, columns, strict=True):
                 column.append(_float_feature(example, key, i, path))
     except tf.errors.OpError as error:
@@ -274,6 +275,19 @@ def _read_tfrecord(
         _reshape(columns[0], shapes[0], f"{path}.features_shape"),
         _reshape(columns[1], shapes[1], f"{path}.labels_shape"),
     )
+
+
+def _parse_example(raw: bytes, index: int, relative: str, path: str) -> Any:
+    import tensorflow as tf
+
+    try:
+        return tf.train.Example.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected a tf.train.Example in every record of {relative!r}, "
+            f"received record {index}, which is not one",
+        ) from None
 
 
 def _float_feature(example: Any, key: str, index: int, path: str) -> Array:
