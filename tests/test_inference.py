@@ -377,3 +377,29 @@ def test_predictions_keep_flowing_while_other_threads_fail(
         np.testing.assert_allclose(
             got["scores"], stored.expected()["scores"], **TOLERANCE
         )
+
+
+def test_requests_for_unknown_versions_add_no_series(
+    server: Any, client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    unresolved = {"model": "", "version": "", "protocol": "kerasrpc",
+                  "code": "NOT_FOUND"}  # fmt: skip
+    before = sample(server, "kerasrpc_predict_requests_total", unresolved)
+
+    for version in range(900, 905):
+        error = error_of(
+            lambda v=version: client.predict(stored.name, stored.inputs, version=v)
+        )
+        assert error.code == grpc.StatusCode.NOT_FOUND
+
+    families = server.app.metrics.registry.collect()
+    versions = {
+        s.labels.get("version")
+        for family in families
+        if family.name == "kerasrpc_predict_requests"
+        for s in family.samples
+    }
+    assert not versions & {str(v) for v in range(900, 905)}
+    after = sample(server, "kerasrpc_predict_requests_total", unresolved)
+    assert after == before + 5

@@ -101,7 +101,9 @@ class InferenceEngine:
             DeadlineExceeded: the deadline passed before computing.
         """
         started = time.perf_counter()
-        labels = {"model": "", "version": str(version), "protocol": protocol}
+        # Labels name a model and version only once they resolved, so bad
+        # requests cannot grow the number of series.
+        labels = {"model": "", "version": "", "protocol": protocol}
         code = "OK"
         try:
             _check_deadline(deadline)
