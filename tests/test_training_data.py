@@ -314,3 +314,22 @@ def test_a_tfrecord_record_that_is_not_an_example_names_the_record(
     assert [v.field for v in error.value.violations] == ["spec.train_data.file.path"]
     assert "'mixed.tfrecord'" in error.value.message
     assert "record 1" in error.value.message
+
+
+@pytest.mark.parametrize("field", ["features", "labels"])
+def test_upload_with_a_zero_width_example_dimension_is_refused(
+    client: Client, field: str
+) -> None:
+    before = len(client.list_datasets())
+    arrays = {"features": np.zeros((8, 4), np.float32), "labels": np.zeros((8, 1))}
+    arrays[field] = np.zeros((8, 0), np.float32)
+
+    with pytest.raises(KerasRpcError) as error:
+        client.upload_dataset("empty columns", arrays["features"], arrays["labels"])
+
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.value.violations] == [f"chunk[0].{field}.shape"]
+    assert "expected non-zero example dimensions, received [8, 0]" in (
+        error.value.message
+    )
+    assert len(client.list_datasets()) == before

@@ -207,6 +207,11 @@ def _decode_chunk(
                 f"{path}.{field}.shape",
                 "expected (rows, ...), received a scalar",
             )
+        if 0 in array.shape[1:]:
+            raise InvalidArgument.field(
+                f"{path}.{field}.shape",
+                f"expected non-zero example dimensions, received {list(array.shape)}",
+            )
     if len(x) != len(y):
         raise InvalidArgument.field(
             f"{path}.labels.shape",
