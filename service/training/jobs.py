@@ -187,7 +187,12 @@ class JobManager:
         )
         job = _Job(record, folder, EventLog(folder / EVENTS_FILE), plan)
         with self._lock:
-            self._check_capacity()
+            try:
+                self._check_capacity()
+            except (ResourceExhausted, Unavailable):
+                self._close_log(job)
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             record.save(folder)
             self._jobs[job_id] = job
             self._emit_state(job, QUEUED)
