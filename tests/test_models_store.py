@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -14,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kerasrpc.client import Client, KerasRpcError
-from kerasrpc.service.errors import NotFound
+from kerasrpc.service.errors import NotFound, status_code
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.registry import ModelRegistry
+from kerasrpc.service.registry.registry import transient_load_failure
 from kerasrpc.v1 import model_service_pb2, tensor_pb2
 from prometheus_client import CollectorRegistry
 
@@ -226,6 +230,67 @@ def test_unreadable_versions_are_reported_and_the_server_stays_healthy(
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_file_unreadable_for_a_while_is_retried_not_marked_broken(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(tmp_path / "state")
+    model_file = tmp_path / "state/models/flaky/1/model.keras"
+    aside = tmp_path / "aside.keras"
+    with Client(running.address, timeout=60) as client:
+        client.create_model("flaky", dense_spec())
+        model_file.rename(aside)
+        model_file.mkdir()  # opening it fails with "Is a directory" until put back
+
+        error = error_of(lambda: client.summary("flaky", 1))
+        assert error.code == grpc.StatusCode.UNAVAILABLE
+        assert "cannot be read now (Is a directory); retry later" in error.message
+        assert str(tmp_path) not in error.message
+        assert client.get_version("flaky", 1).load_error == ""
+
+        model_file.rmdir()
+        aside.rename(model_file)
+        assert client.summary("flaky", 1).parameter_count == 45
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (OSError(errno.EMFILE, os.strerror(errno.EMFILE)), "UNAVAILABLE"),
+        (OSError(errno.EIO, os.strerror(errno.EIO)), "UNAVAILABLE"),
+        (PermissionError(errno.EACCES, os.strerror(errno.EACCES)), "UNAVAILABLE"),
+        (MemoryError(), "RESOURCE_EXHAUSTED"),
+        (
+            tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"),
+            "RESOURCE_EXHAUSTED",
+        ),
+        (
+            ValueError("Example error message: OOM when allocating"),
+            "RESOURCE_EXHAUSTED",
+        ),
+        (zipfile.BadZipFile("File is not a zip file"), None),
+        (FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)), None),
+        (ValueError("Unknown layer: 'Nothing'"), None),
+        (KeyError("config"), None),
+        (TypeError("unexpected keyword argument 'units'"), None),
+    ],
+)
+def test_only_load_failures_that_may_pass_are_transient(
+    error: BaseException, code: str | None
+) -> None:
+    transient = transient_load_failure(error, "version 1 of model 'm'")
+
+    assert (transient and status_code(transient).name) == code
+
+
+def test_a_corrupt_weights_file_is_a_lasting_failure(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.weights.h5"
+    garbage.write_bytes(b"not an HDF5 file")
+    with pytest.raises(OSError, match="signature") as raised:
+        h5py.File(garbage, "r")
+
+    assert transient_load_failure(raised.value, "version 1 of model 'm'") is None
 
 
 # Memory bound and concurrency --------------------------------------------------

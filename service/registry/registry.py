@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import keras
 import kerasrpc.service.keras  # noqa: F401  (registers the custom Keras classes)
+import tensorflow as tf
 from kerasrpc.service.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ServiceError,
+    Unavailable,
 )
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.registry.cache import ByteBoundedLru, Pending
@@ -43,6 +47,9 @@ logger = logging.getLogger("kerasrpc.service.registry")
 _PATH = re.compile(r"(?:filepath=)?(?<![\w.~])/[^\s'\"`,;)]*[^\s'\"`,;).]")
 # A Python exception class name, e.g. "ValueError: ", in an error text.
 _EXCEPTION_CLASS = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b:?\s*")
+# Keras reports a failure to assign loaded weights as a ValueError holding only
+# the original error's text; these words mark an out-of-memory one.
+_OUT_OF_MEMORY = re.compile(r"OOM when allocating|out of memory", re.IGNORECASE)
 
 Key = tuple[str, int]
 
@@ -316,6 +323,9 @@ class ModelRegistry:
             NotFound: the model or the version does not exist.
             FailedPrecondition: the version's file cannot be loaded; the
                 message names the cause.
+            ResourceExhausted: the version does not fit in memory now.
+            Unavailable: the version's file cannot be read now (too many open
+                files, an I/O error); a later call may succeed.
         """
         with self._lock:
             record = self._version(model_name, version)
@@ -353,19 +363,21 @@ class ModelRegistry:
         return loaded
 
     def _read(self, record: VersionRecord, *, compile: bool) -> keras.Model:
-        """Load a version's file, recording why when it fails."""
+        """Load a version's file, recording why when it fails for good."""
         path = self._store.model_file(record.model_name, record.version)
         try:
+            _check_openable(path)
             return keras.saving.load_model(path, compile=compile, safe_mode=True)
         except Exception as error:
             raise self._load_failed(record, error) from None
 
     def _load_failed(self, record: VersionRecord, error: Exception) -> Exception:
-        if isinstance(error, MemoryError):
-            return ResourceExhausted(
-                f"version {record.version} of model {record.model_name!r} does not "
-                "fit in memory now; unload other versions or retry later"
-            )
+        what = f"version {record.version} of model {record.model_name!r}"
+        transient = transient_load_failure(error, what)
+        if transient is not None:
+            logger.warning("load failed for now: %s", transient.message)
+            return transient
+
         with self._lock:
             model = self._models.get(record.model_name)
             if model is None or model.versions.get(record.version) is not record:
@@ -473,6 +485,40 @@ def _new_record(
         inputs=inputs,
         outputs=outputs,
     )
+
+
+def transient_load_failure(error: BaseException, what: str) -> ServiceError | None:
+    """Return the error to answer for a load failure that may pass on retry.
+
+    Running out of memory and operating-system errors (too many open files,
+    an I/O error, a file being replaced) may pass; anything else, such as an
+    archive Keras cannot deserialise, recurs on every try: None then.
+    """
+    if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)) or (
+        isinstance(error, ValueError) and _OUT_OF_MEMORY.search(str(error))
+    ):
+        return ResourceExhausted(
+            f"{what} does not fit in memory now; unload other versions or retry later"
+        )
+
+    # A library's own OSError without an errno (h5py's "file signature not
+    # found") describes the file's contents, and those do not change; nor
+    # does a missing file come back by itself.
+    if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT):
+        return Unavailable(
+            f"{what} cannot be read now ({os.strerror(error.errno)}); retry later"
+        )
+    return None
+
+
+def _check_openable(path: Path) -> None:
+    """Open a model file once, so that an OS error surfaces as itself.
+
+    Keras tests the archive with zipfile.is_zipfile, which turns every OS error
+    (too many open files, say) into a plain "file not found".
+    """
+    with path.open("rb"):
+        pass
 
 
 def _load_upload(path: Path) -> keras.Model:

@@ -282,13 +282,22 @@ def _read_version(model_name: str, version: int, folder: Path) -> VersionRecord:
 
 
 def check_model_file(path: Path) -> str:
-    """Return why a .keras file cannot be loaded, from a cheap look; "" if fine."""
+    """Return why a .keras file cannot be loaded, from a cheap look; "" if fine.
+
+    An operating-system error that may pass (too many open files, say) is
+    no reason: the version's first load looks again.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except FileNotFoundError:
         return f"its file {MODEL_FILE} is missing"
-    except (OSError, zipfile.BadZipFile) as error:
+    except OSError as error:
+        if error.errno is not None:  # may pass: the first load tries again
+            logger.warning("%s cannot be read now: %s", path, os.strerror(error.errno))
+            return ""
+        return f"its file {MODEL_FILE} is not a readable .keras archive ({error})"
+    except zipfile.BadZipFile as error:
         return f"its file {MODEL_FILE} is not a readable .keras archive ({error})"
     if "config.json" not in names:
         return f"its file {MODEL_FILE} has no config.json, so it is not a .keras file"
