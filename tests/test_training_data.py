@@ -333,3 +333,37 @@ def test_upload_with_a_zero_width_example_dimension_is_refused(
         error.value.message
     )
     assert len(client.list_datasets()) == before
+
+
+def _node(name: str, inputs: list[str], **layer: Any) -> spec_pb2.FunctionalNode:
+    return spec_pb2.FunctionalNode(
+        layer=spec_pb2.LayerSpec(name=name, **layer), inputs=inputs
+    )
+
+
+def test_features_the_model_cannot_compute_name_the_features(client: Client) -> None:
+    # Adding a sequence to its pooled half only fails once real lengths flow.
+    model = spec_pb2.ModelSpec(
+        functional=spec_pb2.FunctionalSpec(
+            inputs=[spec_pb2.InputSpec(name="steps", shape=[-1, 2])],
+            nodes=[
+                _node("half", ["steps"], pooling1d=spec_pb2.PoolingLayer()),
+                _node("sum", ["steps", "half"], add=spec_pb2.AddLayer()),
+                _node("pool", ["sum"], global_pooling=spec_pb2.GlobalPoolingLayer()),
+                _node("out", ["pool"], dense=spec_pb2.DenseLayer(units=1)),
+            ],
+            outputs=["out"],
+        )
+    )
+    data = inline(np.zeros((2, 4, 2), np.float32), np.zeros((2, 1), np.float32))
+    spec = training_spec(unique("mismatch"), data, model=model)
+
+    with pytest.raises(KerasRpcError) as error:
+        client.start_training(spec)
+
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.value.violations] == [
+        "spec.train_data.inline.features"
+    ]
+    assert "Incompatible shapes: [1,4,2] vs. [1,2,2]" in error.value.message
+    assert "\n" not in error.value.message

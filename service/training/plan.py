@@ -7,6 +7,7 @@ so a bad request fails at once with field paths instead of as a FAILED job.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from kerasrpc.service.errors import FailedPrecondition, InvalidArgument, NotFound
 from kerasrpc.service.keras import (
     build_loss,
@@ -29,6 +31,11 @@ from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
 
 DEFAULT_BATCH_SIZE = 32
+
+# What Keras wraps around a TensorFlow error raised inside a layer's call.
+_KERAS_CONTEXT = ("Exception encountered when calling", "Arguments received by", "•")
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,12 @@ def _probe(model: keras.Model, examples: Examples, dtype: str) -> list[int]:
             f"{examples.path}.features",
             f"expected examples the model can compute, received an error: {error}",
         ) from None
+    except tf.errors.OpError as error:
+        raise InvalidArgument.field(
+            f"{examples.path}.features",
+            "expected examples the model can compute, received an error: "
+            f"{_op_error_summary(error)}",
+        ) from None
     if isinstance(output, (list, tuple, dict)):
         raise InvalidArgument.field(
             "spec.train_data",
@@ -282,6 +295,16 @@ def _probe(model: keras.Model, examples: Examples, dtype: str) -> list[int]:
             f"tensor), received a model with {len(output)} outputs",
         )
     return [int(d) for d in output.shape[1:]]
+
+
+def _op_error_summary(error: tf.errors.OpError) -> str:
+    """Return the line of a TensorFlow error that says what failed, plain."""
+    text = _ANSI_STYLE.sub("", str(error.message))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith(_KERAS_CONTEXT):
+            return _FUNCTION_NODE.sub("", line).removesuffix("name:").strip()
+    return lines[0] if lines else type(error).__name__
 
 
 def _check_labels(
