@@ -184,6 +184,8 @@ def test_watchers_see_identical_streams_and_replay_from_a_step(
     for thread in threads:
         thread.join(60)
 
+    assert [thread.is_alive() for thread in threads] == [False, False, False]
+    assert [final_state(stream).state for stream in seen] == [SUCCEEDED] * 3
     assert seen[0] == seen[1] == seen[2]
     check_log_shape(seen[0])
     replay = list(client.watch(job.job_id, from_step=20))
