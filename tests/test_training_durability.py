@@ -58,6 +58,7 @@ def test_a_killed_server_resumes_its_job_with_the_same_steps(tmp_path: Path) -> 
             events = list(client.watch(job.job_id))
             reference = list(client.train(_spec("reference", epochs=150)))
             resumed = client.get_job(job.job_id)
+            stored = [v.version for v in client.get_model("killed").versions]
     finally:
         second.stop()
 
@@ -69,6 +70,7 @@ def test_a_killed_server_resumes_its_job_with_the_same_steps(tmp_path: Path) -> 
     assert restart.state == RUNNING
     assert 0 < restart.step <= resumed.total_steps
     assert [s.cost for s in steps(events)] == [s.cost for s in steps(reference)]
+    assert stored == [resumed.model_version]
 
 
 def test_a_graceful_stop_checkpoints_and_the_next_start_resumes(
