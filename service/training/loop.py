@@ -17,13 +17,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
-from kerasrpc.service.durable import sync_directory, write_atomic
+from kerasrpc.service.durable import sync_directory, sync_file
+from kerasrpc.service.errors import FailedPrecondition
 from kerasrpc.service.training.plan import Plan
 
 logger = logging.getLogger("kerasrpc.service.training")
 
 CHECKPOINT_PREFIX = "ckpt-"
+PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"
 POSITION_FILE = "position.json"
+
+# What reading a damaged or mismatched checkpoint raises.
+_UNREADABLE = (tf.errors.OpError, OSError, ValueError, TypeError, AssertionError)
 
 
 @dataclass
@@ -178,40 +184,79 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------
 
     def save(self, directory: Path, position: Position) -> None:
-        """Write a checkpoint atomically, then drop the older ones."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write a checkpoint durably, keeping the one before it as a fallback.
+
+        The new checkpoint is flushed to disk whole before it takes its place,
+        and no complete checkpoint is deleted before a newer one is in place.
+        """
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            sync_directory(directory.parent)
         final = directory / f"{CHECKPOINT_PREFIX}{position.step:012d}"
-        partial = directory / f".partial-{final.name}"
+        partial = directory / f"{PARTIAL_PREFIX}{final.name}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         self._checkpoint.write(str(partial / "state"))
-        write_atomic(partial / POSITION_FILE, json.dumps(position.__dict__).encode())
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        sync_directory(directory)
-        for older in directory.glob(f"{CHECKPOINT_PREFIX}*"):
-            if older.name < final.name:
-                shutil.rmtree(older, ignore_errors=True)
+        (partial / POSITION_FILE).write_bytes(json.dumps(position.__dict__).encode())
+        _sync_tree(partial)
+
+        _put_in_place(partial, final)
+        _drop_all_but_fallback(directory, final)
         logger.debug("checkpointed %s at step %d", directory.parent.name, position.step)
 
     def restore(self, directory: Path) -> Position | None:
-        """Load the newest complete checkpoint; return its position, if any."""
-        latest = latest_checkpoint(directory)
-        if latest is None:
+        """Load the newest checkpoint that reads back; return its position, if any.
+
+        Raises:
+            FailedPrecondition: there are checkpoints, but none reads back.
+        """
+        # TODO: after falling back to an older checkpoint, the job's event log
+        # still holds the steps after it (the log is cut back to the newest
+        # checkpoint before the restore), so watchers see those steps twice.
+        found = complete_checkpoints(directory)
+        failures: list[str] = []
+        for folder in found:
+            try:
+                return self._read(folder)
+            except _UNREADABLE as error:
+                logger.warning("checkpoint %s cannot be restored: %s", folder, error)
+                failures.append(f"step {_step_of(folder)} ({type(error).__name__})")
+        if not found:
             return None
-        self._checkpoint.read(str(latest / "state")).assert_existing_objects_matched()
-        values = json.loads((latest / POSITION_FILE).read_bytes())
-        return Position(**values)
+        raise FailedPrecondition(
+            "the job cannot resume: none of its checkpoints reads back: "
+            + ", ".join(failures)
+        )
+
+    def _read(self, folder: Path) -> Position:
+        position = Position(**json.loads((folder / POSITION_FILE).read_bytes()))
+        self._checkpoint.read(str(folder / "state")).assert_existing_objects_matched()
+        return position
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """Return the complete checkpoint folders under `directory`, newest first.
+
+    A checkpoint set aside for a new one of the same step counts too, after
+    that one: a crash between the two renames leaves it the only copy.
+    """
+    found = [
+        path
+        for pattern in (f"{CHECKPOINT_PREFIX}*", f"{REPLACED_PREFIX}*")
+        for path in directory.glob(pattern)
+        if path.name.rsplit("-", 1)[-1].isdigit() and (path / POSITION_FILE).is_file()
+    ]
+    return sorted(
+        found,
+        key=lambda path: (_step_of(path), path.name.startswith(CHECKPOINT_PREFIX)),
+        reverse=True,
+    )
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
     """Return the newest complete checkpoint folder under `directory`."""
-    found = sorted(
-        p
-        for p in directory.glob(f"{CHECKPOINT_PREFIX}*")
-        if (p / POSITION_FILE).is_file()
-    )
-    return found[-1] if found else None
+    found = complete_checkpoints(directory)
+    return found[0] if found else None
 
 
 def checkpoint_step(directory: Path) -> int:
@@ -221,6 +266,53 @@ def checkpoint_step(directory: Path) -> int:
         return 0
     step: int = json.loads((latest / POSITION_FILE).read_bytes())["step"]
     return step
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.rsplit("-", 1)[-1])
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flush every file under `folder` to disk, then the folders themselves."""
+    folders = [folder]
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            folders.append(path)
+        else:
+            sync_file(path)
+    for each in reversed(folders):
+        sync_directory(each)
+
+
+def _put_in_place(partial: Path, final: Path) -> None:
+    """Rename a flushed checkpoint into place; one of its step waits aside."""
+    aside = final.with_name(f"{REPLACED_PREFIX}{final.name}")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        final.rename(aside)
+    partial.rename(final)
+    sync_directory(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _drop_all_but_fallback(directory: Path, final: Path) -> None:
+    """Delete every checkpoint but `final` and the newest one before it.
+
+    Newer ones go too: a job only writes an older step after falling back
+    from them because they did not read back.
+    """
+    older = [
+        p for p in complete_checkpoints(directory) if _step_of(p) < _step_of(final)
+    ]
+    keep = {final.name, *(p.name for p in older[:1])}
+    for pattern in (
+        f"{CHECKPOINT_PREFIX}*",
+        f"{REPLACED_PREFIX}*",
+        f"{PARTIAL_PREFIX}*",
+    ):
+        for path in directory.glob(pattern):
+            if path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _variables(metrics: list[Any]) -> dict[str, Any]:
