@@ -403,3 +403,19 @@ def test_requests_for_unknown_versions_add_no_series(
     assert not versions & {str(v) for v in range(900, 905)}
     after = sample(server, "kerasrpc_predict_requests_total", unresolved)
     assert after == before + 5
+
+
+def test_inputs_the_model_cannot_compute_say_why_plainly(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "embedding")
+    ids = np.full((2, 5), 99, dtype="int32")  # the vocabulary has 20 ids
+
+    error = error_of(lambda: client.predict(stored.name, {"tokens": ids}))
+
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.violations[0].field == "inputs"
+    description = error.violations[0].description
+    assert "99" in description
+    assert "Exception encountered" not in description
+    assert "\x1b[" not in description

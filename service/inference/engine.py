@@ -24,6 +24,7 @@ from kerasrpc.service.inference.forward import Forward
 from kerasrpc.service.inference.policy import BatchPolicies
 from kerasrpc.service.inference.signature import check_inputs, select_outputs
 from kerasrpc.service.metrics import ServiceMetrics
+from kerasrpc.service.op_errors import summarize_op_error
 from kerasrpc.service.settings import Settings
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def _model_errors(
     try:
         return run(request)
     except tf.errors.InvalidArgumentError as error:
-        first_line = str(error.message).strip().splitlines()[0]
         raise InvalidArgument.field(
-            "inputs", f"the model cannot compute these inputs: {first_line}"
+            "inputs",
+            f"the model cannot compute these inputs: {summarize_op_error(error)}",
         ) from None

@@ -7,7 +7,6 @@ so a bad request fails at once with field paths instead of as a FAILED job.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from kerasrpc.service.keras import (
     validate_compile,
 )
 from kerasrpc.service.keras.graph import keras_dtype
+from kerasrpc.service.op_errors import summarize_op_error
 from kerasrpc.service.registry import ModelRegistry, check_model_name
 from kerasrpc.service.training.data import Examples, read_source
 from kerasrpc.service.training.datasets import DatasetStore
@@ -33,9 +33,6 @@ from kerasrpc.v1 import spec_pb2, training_service_pb2
 DEFAULT_BATCH_SIZE = 32
 
 # What Keras wraps around a TensorFlow error raised inside a layer's call.
-_KERAS_CONTEXT = ("Exception encountered when calling", "Arguments received by", "•")
-_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
-_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 @dataclass(frozen=True)
@@ -286,7 +283,7 @@ def _probe(model: keras.Model, examples: Examples, dtype: str) -> list[int]:
         raise InvalidArgument.field(
             f"{examples.path}.features",
             "expected examples the model can compute, received an error: "
-            f"{_op_error_summary(error)}",
+            f"{summarize_op_error(error)}",
         ) from None
     if isinstance(output, (list, tuple, dict)):
         raise InvalidArgument.field(
@@ -295,16 +292,6 @@ def _probe(model: keras.Model, examples: Examples, dtype: str) -> list[int]:
             f"tensor), received a model with {len(output)} outputs",
         )
     return [int(d) for d in output.shape[1:]]
-
-
-def _op_error_summary(error: tf.errors.OpError) -> str:
-    """Return the line of a TensorFlow error that says what failed, plain."""
-    text = _ANSI_STYLE.sub("", str(error.message))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if not line.startswith(_KERAS_CONTEXT):
-            return _FUNCTION_NODE.sub("", line).removesuffix("name:").strip()
-    return lines[0] if lines else type(error).__name__
 
 
 def _check_labels(
