@@ -267,6 +267,11 @@ class JobManager:
         trainer = Trainer(plan, self.device.name)
         job.metric_names = tuple(trainer.metric_names)
         position = trainer.restore(job.folder / CHECKPOINTS) or Position()
+        if job.resumed_from is not None and position.step < job.resumed_from:
+            # The newest checkpoint did not read back and an older one did:
+            # cut the log back to it too, so no step appears twice.
+            self._log(job).truncate_after(position.step)
+            job.resumed_from = position.step
         if job.cancel.is_set():
             return Outcome(CANCELLED, "cancelled")
         with self._lock:

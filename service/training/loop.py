@@ -210,9 +210,6 @@ class Trainer:
         Raises:
             FailedPrecondition: there are checkpoints, but none reads back.
         """
-        # TODO: after falling back to an older checkpoint, the job's event log
-        # still holds the steps after it (the log is cut back to the newest
-        # checkpoint before the restore), so watchers see those steps twice.
         found = complete_checkpoints(directory)
         failures: list[str] = []
         for folder in found:
