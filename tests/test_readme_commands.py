@@ -60,7 +60,10 @@ def test_the_readme_commands_run_against_a_real_server(tmp_path: Path) -> None:
             if "--detach" in line:
                 job_id = outputs[line].strip()
 
+        python = _run_python_example(env["KERASRPC_SERVER"], work, env)
+
         assert re.fullmatch(r"[0-9a-z-]+", job_id)
+        assert python.splitlines()[0].startswith("1 ")
         trained = next(out for line, out in outputs.items() if "train ex" in line)
         assert re.search(r"^step 1 epoch 1 cost ", trained, flags=re.MULTILINE)
         assert "SUCCEEDED: model version" in trained
@@ -70,6 +73,21 @@ def test_the_readme_commands_run_against_a_real_server(tmp_path: Path) -> None:
         raise
     finally:
         serving.stop()
+
+
+def _run_python_example(address: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run the README's Python example against the server at `address`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### From Python", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None
+    code = block.group(1).replace("127.0.0.1:50051", address)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.mark.parametrize("command", ["--help", "models --help", "train --help"])
