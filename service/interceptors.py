@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -75,8 +76,9 @@ class StreamSlots:
         self._open = 0
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
-        """Take a slot, or raise ResourceExhausted when all are taken."""
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a slot while the block runs; ResourceExhausted when all are taken."""
         with self._lock:
             if self._open >= self.limit:
                 raise ResourceExhausted(
@@ -84,11 +86,11 @@ class StreamSlots:
                     "retry later or raise --workers"
                 )
             self._open += 1
-
-    def release(self) -> None:
-        """Give a slot back."""
-        with self._lock:
-            self._open -= 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
 
 
 def stream_limit(workers: int) -> int:
@@ -150,18 +152,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
-            slot = False
             try:
-                if holds_slot:
-                    self._slots.acquire()
-                    slot = True
-                return behavior(request, context)
+                with self._slots.held() if holds_slot else nullcontext():
+                    return behavior(request, context)
             except BaseException as error:
                 code = _abort(error, context, method)
                 raise
             finally:
-                if slot:
-                    self._slots.release()
                 call.finish(_final_code(code, context), context)
 
         return handle
@@ -170,11 +167,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
-            slot = False
             try:
-                self._slots.acquire()
-                slot = True
-                yield from behavior(request, context)
+                with self._slots.held():
+                    yield from behavior(request, context)
             except GeneratorExit:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -182,8 +177,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 code = _abort(error, context, method)
                 raise
             finally:
-                if slot:
-                    self._slots.release()
                 call.finish(_final_code(code, context), context)
 
         return handle
