@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kerasrpc.service.compat import add_compat_services
 from kerasrpc.service.device import Device, configure_device
-from kerasrpc.service.inference import InferenceEngine
+from kerasrpc.service.inference import InferenceEngine, wire
 from kerasrpc.service.interceptors import (
     ServiceInterceptor,
     StreamSlots,
@@ -30,7 +30,6 @@ from kerasrpc.service.settings import Settings
 from kerasrpc.service.training import JobManager
 from kerasrpc.v1 import (
     inference_service_pb2,
-    inference_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     training_service_pb2,
@@ -177,8 +176,10 @@ def _add_services(server: grpc.Server, app: Application) -> health.HealthService
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingServicer(app), server
     )
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(app), server
+    wire.add_servicer(
+        server,
+        inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+        InferenceServicer(app),
     )
     names = [
         model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,

@@ -17,13 +17,18 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
     """Add the compatibility servicers to `server`; return their full names."""
     from kerasrpc.service.compat.open_inference import OpenInferenceServicer
     from kerasrpc.service.compat.tf_serving import TfServingServicer
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-    from tritonclient.grpc import service_pb2_grpc
+    from kerasrpc.service.inference.wire import add_servicer
+    from tensorflow_serving.apis import prediction_service_pb2
+    from tritonclient.grpc import service_pb2
 
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        OpenInferenceServicer(app), server
+    add_servicer(
+        server,
+        service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        OpenInferenceServicer(app),
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        TfServingServicer(app), server
+    add_servicer(
+        server,
+        prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+        TfServingServicer(app),
     )
     return [OPEN_INFERENCE_SERVICE, TF_SERVING_SERVICE]

@@ -18,6 +18,7 @@ from kerasrpc.service.errors import (
     InvalidArgument,
     NotFound,
 )
+from kerasrpc.service.inference import wire
 from kerasrpc.service.inference.limits import check_response_size
 from kerasrpc.service.servicers.inference import caller_limits
 from kerasrpc.v1 import tensor_pb2
@@ -134,7 +135,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
 
     def ModelInfer(  # noqa: N802
         self, request: service_pb2.ModelInferRequest, context: grpc.ServicerContext
-    ) -> service_pb2.ModelInferResponse:
+    ) -> wire.Encoded:
         """Predict one batch and return the outputs as raw bytes."""
         if not request.model_name:
             raise InvalidArgument.field("model_name", "required")
@@ -283,9 +284,11 @@ def _metadata(
 
 def _infer_response(
     request: service_pb2.ModelInferRequest, version: int, outputs: dict[str, Array]
-) -> service_pb2.ModelInferResponse:
+) -> wire.Encoded:
+    """Encode a ModelInferResponse, copying each output's bytes once."""
     names: Sequence[str] = list(outputs)
-    return service_pb2.ModelInferResponse(
+    contents = [wire.raw_bytes(outputs[name])[1] for name in names]
+    head = service_pb2.ModelInferResponse(
         model_name=request.model_name,
         model_version=str(version),
         id=request.id,
@@ -297,7 +300,17 @@ def _infer_response(
             )
             for name in names
         ],
-        raw_output_contents=[outputs[name].tobytes() for name in names],
+    ).SerializeToString()
+    # raw_output_contents (field 6) is appended, one entry per output in order.
+    return wire.Encoded(
+        [
+            head,
+            *(
+                part
+                for raw in contents
+                for part in wire.with_content(b"", 6, raw).parts
+            ),
+        ]
     )
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from kerasrpc.client.tensors import numpy_dtype
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
+from kerasrpc.service.inference import wire
 from kerasrpc.service.inference.limits import check_response_size
 from kerasrpc.service.servicers.inference import caller_limits
 from kerasrpc.v1 import tensor_pb2
@@ -48,7 +49,7 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
 
     def Predict(  # noqa: N802 - the protocol's method names
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+    ) -> wire.Encoded:
         """Predict one batch of TensorProto inputs."""
         model_name, version = model_target(request.model_spec)
         inputs = decode_inputs(request.inputs, self._app.settings.max_message_bytes)
@@ -65,12 +66,8 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
         check_response_size(
             prediction.outputs.values(), self._app.settings.max_message_bytes
         )
-        return predict_pb2.PredictResponse(
-            model_spec=_answered_spec(model_name, prediction.version),
-            outputs={
-                name: tf.make_tensor_proto(array)
-                for name, array in prediction.outputs.items()
-            },
+        return _predict_response(
+            _answered_spec(model_name, prediction.version), prediction.outputs
         )
 
     def GetModelMetadata(  # noqa: N802
@@ -181,6 +178,24 @@ def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
             f"shape {shape}, received {len(content)}"
         )
     return np.frombuffer(content, dtype=numpy_type).reshape(shape)
+
+
+def _predict_response(
+    spec: model_pb2.ModelSpec, outputs: Mapping[str, Array]
+) -> wire.Encoded:
+    """Encode a PredictResponse with each output in tensor_content, copied once."""
+    parts: list[wire.Part] = [
+        predict_pb2.PredictResponse(model_spec=spec).SerializeToString()
+    ]
+    for name, array in outputs.items():
+        values, content = wire.raw_bytes(array)
+        head = tf_tensor_pb2.TensorProto(
+            dtype=tf.as_dtype(values.dtype).as_datatype_enum,
+            tensor_shape=tf.TensorShape(values.shape).as_proto(),
+        ).SerializeToString()
+        # TensorProto.tensor_content is field 4; PredictResponse.outputs field 1.
+        parts += wire.map_entry(1, name, wire.with_content(head, 4, content)).parts
+    return wire.Encoded(parts)
 
 
 def _answered_spec(model_name: str, version: int) -> model_pb2.ModelSpec:

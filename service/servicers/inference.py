@@ -6,18 +6,18 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
-from kerasrpc.client.tensors import fill_tensor, to_array
+from kerasrpc.client.tensors import to_array
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
-from kerasrpc.service.inference import Prediction
+from kerasrpc.service.inference import Prediction, wire
 from kerasrpc.service.inference.limits import check_response_size, deadline_of
-from kerasrpc.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kerasrpc.v1 import inference_service_pb2
 
 if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
 
-class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
-    """Serve kerasrpc.v1.InferenceService."""
+class InferenceServicer:
+    """Serve kerasrpc.v1.InferenceService, answering with encoded responses."""
 
     def __init__(self, app: Application) -> None:
         self._app = app
@@ -26,17 +26,20 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self,
         request: inference_service_pb2.PredictRequest,
         context: grpc.ServicerContext,
-    ) -> inference_service_pb2.PredictResponse:
+    ) -> wire.Encoded:
         """Predict one batch."""
         if not request.model_name:
             raise InvalidArgument.field("model_name", "required")
-        return self._predict(request, request.model_name, request.version, context)
+        prediction = self._predict(
+            request, request.model_name, request.version, context
+        )
+        return self._response(prediction)
 
     def PredictStream(  # noqa: N802
         self,
         request_iterator: Iterator[inference_service_pb2.PredictStreamRequest],
         context: grpc.ServicerContext,
-    ) -> Iterator[inference_service_pb2.PredictStreamResponse]:
+    ) -> Iterator[wire.Encoded]:
         """Predict a stream of batches, answering each in order."""
         # TODO: messages are computed one at a time, so one stream has a single
         # batch in flight; a long stream of small batches runs at the speed of
@@ -46,12 +49,13 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             request = message.request
             model_name, version = _stream_target(request, first, index)
             try:
-                response = self._predict(request, model_name, version, context)
+                prediction = self._predict(request, model_name, version, context)
             except InvalidArgument as error:
                 raise _in_stream(error, index) from None
             if first is None:
-                first = (response.model_name, response.version)
-            yield inference_service_pb2.PredictStreamResponse(response=response)
+                first = (prediction.model_name, prediction.version)
+            # PredictStreamResponse holds the PredictResponse as its field 1.
+            yield self._response(prediction).nested(1)
 
     def _predict(
         self,
@@ -59,7 +63,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         model_name: str,
         version: int,
         context: grpc.ServicerContext,
-    ) -> inference_service_pb2.PredictResponse:
+    ) -> Prediction:
         # TODO: tensors that do not decode fail here, before the engine, so
         # they are missing from kerasrpc_predict_requests_total.
         inputs = {
@@ -67,7 +71,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             for name, tensor in request.inputs.items()
         }
         deadline, cancelled = caller_limits(context)
-        prediction = self._app.inference.predict(
+        return self._app.inference.predict(
             model_name,
             version,
             inputs,
@@ -75,19 +79,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             deadline=deadline,
             cancelled=cancelled,
         )
-        return self._response(prediction)
 
-    def _response(
-        self, prediction: Prediction
-    ) -> inference_service_pb2.PredictResponse:
+    def _response(self, prediction: Prediction) -> wire.Encoded:
+        """Encode a PredictResponse, copying each output's bytes once."""
         outputs = prediction.outputs
         check_response_size(outputs.values(), self._app.settings.max_message_bytes)
-        response = inference_service_pb2.PredictResponse(
-            model_name=prediction.model_name, version=prediction.version
-        )
-        for name, array in outputs.items():
-            fill_tensor(response.outputs[name], array)
-        return response
+        return wire.predict_response(prediction.model_name, prediction.version, outputs)
 
 
 def caller_limits(

@@ -1,0 +1,171 @@
+"""Hand-encoded responses parse, with protobuf, into the messages they stand for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from kerasrpc.client.tensors import fill_tensor, to_array
+from kerasrpc.service.compat.open_inference import _infer_response
+from kerasrpc.service.compat.tf_serving import _predict_response
+from kerasrpc.service.inference import wire
+from kerasrpc.v1 import inference_service_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2
+from tritonclient.grpc import service_pb2
+
+DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "uint64", "float16", "float32", "float64", ml_dtypes.bfloat16,
+]  # fmt: skip
+
+
+def expected_response(
+    model_name: str, version: int, outputs: dict[str, Any]
+) -> inference_service_pb2.PredictResponse:
+    """Build the response the usual way, field by field."""
+    response = inference_service_pb2.PredictResponse(
+        model_name=model_name, version=version
+    )
+    for name, array in outputs.items():
+        fill_tensor(response.outputs[name], array)
+    return response
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (2**32, b"\x80\x80\x80\x80\x10"),
+    ],
+)
+def test_varints_follow_the_wire_format(value: int, encoded: bytes) -> None:
+    assert wire.varint(value) == encoded
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_parses_back(dtype: object) -> None:
+    outputs = {"scores": (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)}
+
+    data = wire.predict_response("m", 3, outputs).serialize()
+
+    parsed = inference_service_pb2.PredictResponse.FromString(data)
+    assert parsed == expected_response("m", 3, outputs)
+    np.testing.assert_array_equal(to_array(parsed.outputs["scores"]), outputs["scores"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model_name=st.text(max_size=40),
+    version=st.integers(0, 2**62),
+    outputs=st.dictionaries(
+        st.text(max_size=20),
+        hnp.arrays(
+            st.sampled_from(["<f4", ">f8", "<i8", "|u1", "?", "<f2"]),
+            hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=70),
+        ),
+        max_size=4,
+    ),
+)
+def test_any_response_parses_into_the_message_built_field_by_field(
+    model_name: str, version: int, outputs: dict[str, Any]
+) -> None:
+    encoded = wire.predict_response(model_name, version, outputs)
+
+    data = encoded.serialize()
+
+    assert len(data) == encoded.size
+    assert inference_service_pb2.PredictResponse.FromString(
+        data
+    ) == expected_response(model_name, version, outputs)
+
+
+def test_non_contiguous_and_big_endian_outputs_travel_as_little_endian_c_order() -> None:
+    transposed = np.arange(12, dtype="<f4").reshape(3, 4).T
+    big_endian = np.arange(6, dtype=">i4").reshape(2, 3)
+    outputs = {"t": transposed, "b": big_endian}
+
+    parsed = inference_service_pb2.PredictResponse.FromString(
+        wire.predict_response("m", 1, outputs).serialize()
+    )
+
+    np.testing.assert_array_equal(to_array(parsed.outputs["t"]), transposed)
+    np.testing.assert_array_equal(to_array(parsed.outputs["b"]), big_endian)
+    assert parsed.outputs["b"].content == big_endian.astype("<i4").tobytes()
+
+
+def test_outputs_over_a_varint_byte_of_length_keep_their_bytes() -> None:
+    # 70,000 float32 values: lengths that need three varint bytes.
+    outputs = {"big": np.linspace(0, 1, 70_000, dtype="float32")}
+
+    parsed = inference_service_pb2.PredictResponse.FromString(
+        wire.predict_response("m", 1, outputs).serialize()
+    )
+
+    np.testing.assert_array_equal(to_array(parsed.outputs["big"]), outputs["big"])
+
+
+def test_a_nested_response_is_the_stream_message() -> None:
+    outputs = {"y": np.ones((2, 5), "float32")}
+
+    data = wire.predict_response("m", 2, outputs).nested(1).serialize()
+
+    parsed = inference_service_pb2.PredictStreamResponse.FromString(data)
+    assert parsed.response == expected_response("m", 2, outputs)
+
+
+def test_the_serializer_takes_encoded_responses_and_message_objects() -> None:
+    message = inference_service_pb2.PredictResponse(model_name="m", version=4)
+    outputs = {"y": np.ones(3, "float32")}
+
+    assert wire.serialize(message) == message.SerializeToString()
+    assert wire.serialize(
+        wire.predict_response("m", 1, outputs)
+    ) == expected_response("m", 1, outputs).SerializeToString(deterministic=True)
+
+
+def test_open_inference_responses_carry_outputs_raw_in_order() -> None:
+    request = service_pb2.ModelInferRequest(model_name="m", id="req-7")
+    outputs = {
+        "b": np.arange(6, dtype="int64").reshape(2, 3),
+        "a": np.linspace(0, 1, 4, dtype="float32").reshape(2, 2),
+    }
+
+    parsed = service_pb2.ModelInferResponse.FromString(
+        _infer_response(request, 5, outputs).serialize()
+    )
+
+    assert (parsed.model_name, parsed.model_version, parsed.id) == ("m", "5", "req-7")
+    assert [(o.name, o.datatype, list(o.shape)) for o in parsed.outputs] == [
+        ("b", "INT64", [2, 3]),
+        ("a", "FP32", [2, 2]),
+    ]
+    assert list(parsed.raw_output_contents) == [
+        outputs["b"].tobytes(),
+        outputs["a"].tobytes(),
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
+def test_tf_serving_responses_decode_with_make_ndarray(dtype: str) -> None:
+    spec = model_pb2.ModelSpec(name="m")
+    spec.version.value = 2
+    array = (np.arange(10) % 3).astype(dtype).reshape(2, 5)
+
+    parsed = predict_pb2.PredictResponse.FromString(
+        _predict_response(spec, {"scores": array}).serialize()
+    )
+
+    assert parsed.model_spec == spec
+    decoded = tf.make_ndarray(parsed.outputs["scores"])
+    assert decoded.dtype == array.dtype
+    np.testing.assert_array_equal(decoded, array)
