@@ -84,12 +84,12 @@ def test_any_response_parses_into_the_message_built_field_by_field(
     data = encoded.serialize()
 
     assert len(data) == encoded.size
-    assert inference_service_pb2.PredictResponse.FromString(
-        data
-    ) == expected_response(model_name, version, outputs)
+    assert inference_service_pb2.PredictResponse.FromString(data) == expected_response(
+        model_name, version, outputs
+    )
 
 
-def test_non_contiguous_and_big_endian_outputs_travel_as_little_endian_c_order() -> None:
+def test_strided_and_big_endian_outputs_travel_little_endian_in_c_order() -> None:
     transposed = np.arange(12, dtype="<f4").reshape(3, 4).T
     big_endian = np.arange(6, dtype=">i4").reshape(2, 3)
     outputs = {"t": transposed, "b": big_endian}
@@ -128,9 +128,9 @@ def test_the_serializer_takes_encoded_responses_and_message_objects() -> None:
     outputs = {"y": np.ones(3, "float32")}
 
     assert wire.serialize(message) == message.SerializeToString()
-    assert wire.serialize(
-        wire.predict_response("m", 1, outputs)
-    ) == expected_response("m", 1, outputs).SerializeToString(deterministic=True)
+    assert wire.serialize(wire.predict_response("m", 1, outputs)) == expected_response(
+        "m", 1, outputs
+    ).SerializeToString(deterministic=True)
 
 
 def test_open_inference_responses_carry_outputs_raw_in_order() -> None:
