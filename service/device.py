@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("kerasrpc.service")
 
@@ -66,18 +67,27 @@ def _visible_devices(choice: str) -> str | None:
     )
 
 
-def configure_device(choice: str) -> Device:
-    """Enable memory growth on the visible GPU and return the device to use.
+def configure_device(
+    choice: str, intra_op_threads: int = 0, inter_op_threads: int = 0
+) -> Device:
+    """Size TensorFlow's CPU thread pools and set up the GPU; return the device.
 
-    Falls back to the CPU, with a warning, where no GPU is visible.
+    Memory growth is enabled on the visible GPU. Falls back to the CPU, with
+    a warning, where no GPU is visible.
+
+    Raises:
+        DeviceError: thread counts other than this process's, once
+            TensorFlow has started computing in it (a server built in a
+            process that computed before).
     """
     import tensorflow as tf
 
+    threads = _configure_threads(tf, intra_op_threads, inter_op_threads)
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         if choice.strip().lower() != "cpu":
             logger.warning("no GPU is visible; computing on the CPU")
-        return Device("/CPU:0", _cpu_description())
+        return Device("/CPU:0", _cpu_description() + threads)
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -85,6 +95,35 @@ def configure_device(choice: str) -> Device:
             logger.debug("memory growth already fixed for %s", gpu.name)
     details = tf.config.experimental.get_device_details(gpus[0])
     return Device("/GPU:0", str(details.get("device_name", gpus[0].name)))
+
+
+def _configure_threads(tf: Any, intra_op: int, inter_op: int) -> str:
+    """Set the thread pools' sizes (0: TensorFlow's choice); describe them."""
+    threading = tf.config.threading
+    wanted = {
+        "intra_op_threads": (intra_op, threading.get_intra_op_parallelism_threads,
+                             threading.set_intra_op_parallelism_threads),
+        "inter_op_threads": (inter_op, threading.get_inter_op_parallelism_threads,
+                             threading.set_inter_op_parallelism_threads),
+    }  # fmt: skip
+    for name, (count, get, set_) in wanted.items():
+        if count == get():
+            continue
+        try:
+            set_(count)
+        except RuntimeError:
+            raise DeviceError(
+                f"{name} expected {get()}, as TensorFlow already runs with it in "
+                f"this process, received {count}; start a new process"
+            ) from None
+    intra_op = threading.get_intra_op_parallelism_threads()
+    inter_op = threading.get_inter_op_parallelism_threads()
+    parts = []
+    if intra_op:
+        parts.append(f"{intra_op} thread{'s' if intra_op > 1 else ''} per op")
+    if inter_op:
+        parts.append(f"{inter_op} op{'s' if inter_op > 1 else ''} at once")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _cpu_description() -> str:

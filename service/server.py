@@ -93,7 +93,9 @@ def create_application(
     metrics = ServiceMetrics(
         registry or CollectorRegistry(), settings.job_series_retention_seconds
     )
-    device = configure_device(settings.device)
+    device = configure_device(
+        settings.device, settings.intra_op_threads, settings.inter_op_threads
+    )
     metrics.set_device(device.name, device.description)
     models = ModelRegistry(
         settings.state_dir / "models",

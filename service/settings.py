@@ -50,6 +50,20 @@ class Settings:
             "help": "GPU index to pin to, 'cpu', or 'auto' (GPU 0 when one exists)."
         },
     )
+    intra_op_threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads one TensorFlow op may split its work across; "
+            "0: TensorFlow's choice (one per core)."
+        },
+    )
+    inter_op_threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads that run independent TensorFlow ops at once; "
+            "0: TensorFlow's choice."
+        },
+    )
     log_format: str = field(
         default="text", metadata={"help": "Log line format: 'text' or 'json'."}
     )

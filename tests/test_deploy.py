@@ -191,9 +191,15 @@ def container() -> dict[str, Any]:
 
 
 def test_pod_takes_one_gpu_and_is_configured_by_environment() -> None:
-    env = {item["name"]: item["value"] for item in container()["env"]}
+    items = container()["env"]
+    env = {item["name"]: item["value"] for item in items if "value" in item}
+    derived = {item["name"]: item["valueFrom"] for item in items if "valueFrom" in item}
 
     assert container()["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # TensorFlow's op thread pool is sized to the CPUs the pod asks for.
+    assert derived["KERASRPC_INTRA_OP_THREADS"] == {
+        "resourceFieldRef": {"resource": "requests.cpu"}
+    }
     assert env["KERASRPC_LISTEN"] == "0.0.0.0:50051"
     assert env["KERASRPC_METRICS_ADDRESS"] == "0.0.0.0:9464"
     assert env["KERASRPC_DEVICE"] == "0"
@@ -212,7 +218,7 @@ def test_probes_ask_the_grpc_health_service() -> None:
 
 def test_state_directory_is_the_claimed_volume() -> None:
     pod = manifest("deployment.yaml")["spec"]["template"]["spec"]
-    env = {item["name"]: item["value"] for item in container()["env"]}
+    env = {i["name"]: i["value"] for i in container()["env"] if "value" in i}
 
     [volume] = pod["volumes"]
     [mount] = container()["volumeMounts"]

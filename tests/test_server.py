@@ -216,3 +216,31 @@ def _wait_for(condition: Any, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_the_cpu_thread_pools_follow_the_settings(tmp_path: Path) -> None:
+    from kerasrpc.client import Client
+
+    serving = ServeProcess(
+        tmp_path / "state", "--intra-op-threads", "1", "--inter-op-threads", "2"
+    )
+    try:
+        with Client(serving.wait_listening(), timeout=30) as client:
+            info = client.server_info()
+    finally:
+        serving.stop()
+
+    assert info.device_description.endswith("(1 thread per op, 2 ops at once)")
+
+
+def test_thread_pools_cannot_change_once_tensorflow_computes() -> None:
+    import tensorflow as tf
+    from kerasrpc.service.device import DeviceError, configure_device
+
+    tf.constant(1.0) + 1.0  # TensorFlow starts computing in this process
+    other = tf.config.threading.get_intra_op_parallelism_threads() + 3
+
+    with pytest.raises(
+        DeviceError, match=f"intra_op_threads expected .*, received {other}"
+    ):
+        configure_device("cpu", intra_op_threads=other)
