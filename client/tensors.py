@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -84,8 +85,27 @@ def fill_tensor(tensor: tensor_pb2.Tensor, array: npt.ArrayLike) -> None:
     tensor.content = np.ascontiguousarray(values).tobytes()
 
 
-def to_array(tensor: tensor_pb2.Tensor, field: str = "tensor") -> npt.NDArray[Any]:
-    """Decode a Tensor into a read-only array that shares the message's bytes.
+class TensorLike(Protocol):
+    """A Tensor message, or any object with its three fields."""
+
+    @property
+    def dtype(self) -> int:
+        """The DataType value."""
+
+    @property
+    def shape(self) -> Sequence[int]:
+        """The dimensions."""
+
+    @property
+    def content(self) -> bytes | memoryview:
+        """The values' little-endian bytes, in C order."""
+
+
+def to_array(tensor: TensorLike, field: str = "tensor") -> npt.NDArray[Any]:
+    """Decode a Tensor into a read-only array that shares its content's memory.
+
+    Reading a message's bytes field copies it, once; a memoryview content
+    (a request decoded in place) is not copied at all.
 
     Raises:
         TensorFormatError: the dtype is unset or unknown, a dimension is
@@ -94,10 +114,11 @@ def to_array(tensor: tensor_pb2.Tensor, field: str = "tensor") -> npt.NDArray[An
     try:
         dtype = numpy_dtype(tensor.dtype)
     except KeyError:
+        known: dict[int, str] = {v: k for k, v in tensor_pb2.DataType.items()}
         raise TensorFormatError(
             f"{field}.dtype",
             f"expected one of {', '.join(dtype_names())}, "
-            f"received {tensor_pb2.DataType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DataType.values() else tensor.dtype}",  # noqa: E501
+            f"received {known.get(tensor.dtype, tensor.dtype)}",
         ) from None
     shape = tuple(tensor.shape)
     if any(size < 0 for size in shape):
@@ -105,7 +126,7 @@ def to_array(tensor: tensor_pb2.Tensor, field: str = "tensor") -> npt.NDArray[An
             f"{field}.shape",
             f"expected non-negative dimensions, received {list(shape)}",
         )
-    content = tensor.content  # each read of a bytes field copies it
+    content = tensor.content  # each read of a message's bytes field copies it
     expected = math.prod(shape) * dtype.itemsize
     if len(content) != expected:
         raise TensorFormatError(

@@ -182,6 +182,10 @@ def _add_services(server: grpc.Server, app: Application) -> health.HealthService
         server,
         inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
         InferenceServicer(app),
+        {
+            "Predict": wire.decode_predict_request,
+            "PredictStream": wire.decode_predict_stream_request,
+        },
     )
     names = [
         model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,

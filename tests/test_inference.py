@@ -37,11 +37,15 @@ def sample(server: Any, name: str, labels: dict[str, str]) -> float:
     return 0.0 if value is None else float(value)
 
 
+# 4,000 examples make every style's request larger than the size from which
+# the server decodes requests in place (wire.DECODE_IN_PLACE_BYTES).
+@pytest.mark.parametrize("batch", [4, 4000])
 @pytest.mark.parametrize("style", sorted(BUILDERS))
 def test_predictions_equal_the_model_in_process(
-    client: Client, tmp_path: Path, style: str
+    client: Client, tmp_path: Path, style: str, batch: int
 ) -> None:
     stored = store(client, tmp_path, style)
+    stored.inputs = example_inputs(style, batch)
 
     outputs = client.predict(stored.name, stored.inputs)
 

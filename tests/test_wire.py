@@ -8,14 +8,15 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from kerasrpc.client.tensors import fill_tensor, to_array
+from kerasrpc.client.tensors import fill_tensor, to_array, to_tensor
 from kerasrpc.service.compat.open_inference import _infer_response
 from kerasrpc.service.compat.tf_serving import _predict_response
 from kerasrpc.service.inference import wire
-from kerasrpc.v1 import inference_service_pb2
+from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 from tritonclient.grpc import service_pb2
 
@@ -169,3 +170,142 @@ def test_tf_serving_responses_decode_with_make_ndarray(dtype: str) -> None:
     decoded = tf.make_ndarray(parsed.outputs["scores"])
     assert decoded.dtype == array.dtype
     np.testing.assert_array_equal(decoded, array)
+
+
+# Decoding requests in place ---------------------------------------------------
+
+tensors = st.builds(
+    tensor_pb2.Tensor,
+    dtype=st.integers(0, 40),
+    shape=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
+    content=st.binary(max_size=300),
+)
+requests = st.builds(
+    inference_service_pb2.PredictRequest,
+    model_name=st.text(max_size=30),
+    version=st.integers(-(2**63), 2**63 - 1),
+    inputs=st.dictionaries(st.text(max_size=12), tensors, max_size=4),
+    output_names=st.lists(st.text(max_size=12), max_size=3),
+)
+
+
+def same_request(decoded: Any, message: inference_service_pb2.PredictRequest) -> None:
+    """Assert that a decoded request holds what the message holds."""
+    assert decoded.model_name == message.model_name
+    assert decoded.version == message.version
+    assert list(decoded.output_names) == list(message.output_names)
+    assert set(decoded.inputs) == set(message.inputs)
+    for name, tensor in message.inputs.items():
+        got = decoded.inputs[name]
+        assert (got.dtype, list(got.shape)) == (tensor.dtype, list(tensor.shape))
+        assert bytes(got.content) == tensor.content
+
+
+@settings(max_examples=150, deadline=None)
+@given(message=requests)
+def test_requests_decode_in_place_to_what_protobuf_parses(
+    message: inference_service_pb2.PredictRequest,
+) -> None:
+    data = message.SerializeToString()
+
+    decoded = wire.decode_predict_request(data, in_place_from=0)
+
+    assert isinstance(decoded, wire.PredictRequestView)
+    same_request(decoded, message)
+    for tensor in decoded.inputs.values():
+        if tensor.content:
+            assert tensor.content.obj is data  # a view of the received bytes
+
+
+@settings(max_examples=150, deadline=None)
+@given(message=requests, cut=st.integers(0, 2000))
+def test_truncated_requests_fail_or_parse_as_protobuf_does(
+    message: inference_service_pb2.PredictRequest, cut: int
+) -> None:
+    data = message.SerializeToString()[:cut]
+    try:
+        parsed = inference_service_pb2.PredictRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            wire.decode_predict_request(data, in_place_from=0)
+    else:
+        same_request(wire.decode_predict_request(data, in_place_from=0), parsed)
+
+
+def test_unknown_fields_and_unpacked_shapes_decode_in_place() -> None:
+    content = np.arange(6, dtype="<f4").tobytes()
+    tensor = (
+        b"\x08" + wire.varint(tensor_pb2.DATA_TYPE_FLOAT32)
+        + b"\x10\x02\x10\x03"  # shape 2, 3, one varint each (unpacked)
+        + b"\x78\x05"  # unknown field 15, a varint
+        + wire.length_prefix(3, len(content)) + content
+    )  # fmt: skip
+    entry = wire.length_prefix(1, 1) + b"x" + wire.length_prefix(2, len(tensor))
+    data = (
+        wire.length_prefix(1, 1) + b"m"
+        + b"\x81\x01" + bytes(8)  # unknown field 16, fixed 64 bits
+        + wire.length_prefix(3, len(entry + tensor)) + entry + tensor
+    )  # fmt: skip
+
+    decoded = wire.decode_predict_request(data, in_place_from=0)
+
+    assert isinstance(decoded, wire.PredictRequestView)
+    same_request(decoded, inference_service_pb2.PredictRequest.FromString(data))
+    np.testing.assert_array_equal(
+        to_array(decoded.inputs["x"]), np.arange(6, dtype="float32").reshape(2, 3)
+    )
+
+
+def test_a_tensor_given_twice_in_one_entry_is_merged_by_protobuf() -> None:
+    first = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_INT8, shape=[2])
+    second = tensor_pb2.Tensor(content=b"\x01\x02")
+    entry = (
+        wire.length_prefix(1, 1) + b"x"
+        + wire.length_prefix(2, first.ByteSize()) + first.SerializeToString()
+        + wire.length_prefix(2, second.ByteSize()) + second.SerializeToString()
+    )  # fmt: skip
+    data = wire.length_prefix(3, len(entry)) + entry
+
+    decoded = wire.decode_predict_request(data, in_place_from=0)
+
+    assert isinstance(decoded, inference_service_pb2.PredictRequest)
+    np.testing.assert_array_equal(to_array(decoded.inputs["x"]), [1, 2])
+
+
+def test_small_requests_are_parsed_by_protobuf() -> None:
+    message = inference_service_pb2.PredictRequest(model_name="m")
+
+    decoded = wire.decode_predict_request(message.SerializeToString())
+
+    assert isinstance(decoded, inference_service_pb2.PredictRequest)
+
+
+def test_stream_requests_decode_their_request_in_place() -> None:
+    request = inference_service_pb2.PredictRequest(model_name="m", version=2)
+    request.inputs["x"].CopyFrom(to_tensor(np.ones((3, 2), "float32")))
+    data = inference_service_pb2.PredictStreamRequest(
+        request=request
+    ).SerializeToString()
+
+    decoded = wire.decode_predict_stream_request(data, in_place_from=0)
+
+    assert isinstance(decoded, wire.PredictStreamRequestView)
+    same_request(decoded.request, request)
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=requests, position=st.integers(0, 2000), byte=st.integers(0, 255))
+def test_corrupted_requests_fail_or_parse_as_protobuf_does(
+    message: inference_service_pb2.PredictRequest, position: int, byte: int
+) -> None:
+    data = bytearray(message.SerializeToString())
+    if data:
+        data[position % len(data)] = byte
+    corrupted = bytes(data)
+    try:
+        parsed = inference_service_pb2.PredictRequest.FromString(corrupted)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            wire.decode_predict_request(corrupted, in_place_from=0)
+    else:
+        same_request(wire.decode_predict_request(corrupted, in_place_from=0), parsed)

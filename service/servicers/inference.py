@@ -15,6 +15,9 @@ from kerasrpc.v1 import inference_service_pb2
 if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
+# Large requests arrive decoded in place (see wire.decode_predict_request).
+Request = inference_service_pb2.PredictRequest | wire.PredictRequestView
+
 
 class InferenceServicer:
     """Serve kerasrpc.v1.InferenceService, answering with encoded responses."""
@@ -24,7 +27,7 @@ class InferenceServicer:
 
     def Predict(  # noqa: N802 - the gRPC method name
         self,
-        request: inference_service_pb2.PredictRequest,
+        request: Request,
         context: grpc.ServicerContext,
     ) -> wire.Encoded:
         """Predict one batch."""
@@ -37,7 +40,9 @@ class InferenceServicer:
 
     def PredictStream(  # noqa: N802
         self,
-        request_iterator: Iterator[inference_service_pb2.PredictStreamRequest],
+        request_iterator: Iterator[
+            inference_service_pb2.PredictStreamRequest | wire.PredictStreamRequestView
+        ],
         context: grpc.ServicerContext,
     ) -> Iterator[wire.Encoded]:
         """Predict a stream of batches, answering each in order."""
@@ -59,7 +64,7 @@ class InferenceServicer:
 
     def _predict(
         self,
-        request: inference_service_pb2.PredictRequest,
+        request: Request,
         model_name: str,
         version: int,
         context: grpc.ServicerContext,
@@ -95,7 +100,7 @@ def caller_limits(
 
 
 def _stream_target(
-    request: inference_service_pb2.PredictRequest,
+    request: Request,
     first: tuple[str, int] | None,
     index: int,
 ) -> tuple[str, int]:
