@@ -12,7 +12,11 @@ The server runs as a `kerasrpc serve` child process; clients run here.
       (target: >= 4x the requests/s);
   (c) the server's resident memory over many Predict calls (flat).
 
+Part (a) is reported twice: calls interleaved one by one, and in blocks of
+ten back-to-back calls of each kind.
+
     .venv/bin/python -m bench.bench_inference [--calls 100000] [--seconds 10]
+        [--intra-op-threads N]
 """
 
 from __future__ import annotations
@@ -132,13 +136,15 @@ def echo_server(response_bytes: int) -> Iterator[str]:
 
 
 def interleaved_medians(
-    calls: dict[str, Callable[[], Any]], repeats: int
+    calls: dict[str, Callable[[], Any]], repeats: int, block: int = 1
 ) -> dict[str, float]:
     """Time the calls in turn, round after round; return each one's median seconds.
 
     Interleaving spreads the machine's drift over all of them alike, and the
     order rotates each round so that each call follows each other one equally
-    often (a call can leave threads busy that slow the next one).
+    often (a call can leave threads busy that slow the next one). With
+    `block` > 1 each turn makes that many calls back to back and times all
+    but the first, which measures each call in its own steady state instead.
     """
     for call in calls.values():
         call()
@@ -148,13 +154,17 @@ def interleaved_medians(
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
+            for turn in range(block):
+                start = time.perf_counter()
+                calls[name]()
+                if turn or block == 1:
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def added_time(address: str, path: Path, repeats: int) -> dict[str, float]:
+def added_time(
+    address: str, path: Path, repeats: int, block: int = 1
+) -> dict[str, float]:
     """Part (a): the service's added time over the forward pass, against echo.
 
     The three are timed in turn, round after round: Predict through the
@@ -193,6 +203,7 @@ def added_time(address: str, path: Path, repeats: int) -> dict[str, float]:
                     "echo": lambda: echo(raw, timeout=60),
                 },
                 repeats,
+                block,
             )
     added = medians["predict"] - medians["forward"]
     return {
@@ -289,19 +300,37 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="TensorFlow's threads per op, in the server and in the in-process "
+        "forward pass alike (0: TensorFlow's choice)",
+    )
     args = parser.parse_args()
+    # Read by TensorFlow when it starts in this process, for the in-process
+    # forward pass, and by `kerasrpc serve` in the server.
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.intra_op_threads)
+    threads = ("--intra-op-threads", str(args.intra_op_threads))
 
     with tempfile.TemporaryDirectory() as folder:
         state = Path(folder) / "state"
         path = reference_file(Path(folder))
-        with serve(state, args.device) as (address, pid):
+        with serve(state, args.device, *threads) as (address, pid):
             with client(address) as connected:
                 connected.import_model(MODEL, path)
             report("(a) batch-4096 Predict", added_time(address, path, args.repeats))
+            report(
+                "(a) in blocks of 10 calls",
+                added_time(address, path, args.repeats // 10, block=10),
+            )
             on = concurrent_clients(address, args.clients, args.seconds)
             report("(b) batching on", on)
             report("(c) server memory", resident_memory(address, pid, args.calls))
-        with serve(state, args.device, "--batch-max-size", "1") as (address, _):
+        with serve(state, args.device, *threads, "--batch-max-size", "1") as (
+            address,
+            _,
+        ):
             off = concurrent_clients(address, args.clients, args.seconds)
             report("(b) batching off", off)
         speedup = on["requests_per_second"] / off["requests_per_second"]

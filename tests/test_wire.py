@@ -309,3 +309,26 @@ def test_corrupted_requests_fail_or_parse_as_protobuf_does(
             wire.decode_predict_request(corrupted, in_place_from=0)
     else:
         same_request(wire.decode_predict_request(corrupted, in_place_from=0), parsed)
+
+
+@pytest.mark.parametrize(
+    "hex_data",
+    [
+        # A map entry holding only an unknown fixed64 field: protobuf keeps
+        # it out of the map.
+        "0a03c3a9621080808080808080808d011a0ae900120608091a0236dd2200",
+        # A map entry with a key and an unknown fixed32 field.
+        "10011a150a07623061c3a9c3a9850a08021a06fd0a63e5053c2201622206626130c3a962",
+        # A field number over 2**29 after an unknown fixed64 field.
+        "090b30303030c280c2b8e0a0802200",
+    ],
+)
+def test_odd_encodings_found_by_fuzzing_decode_as_protobuf_does(hex_data: str) -> None:
+    data = bytes.fromhex(hex_data)
+    try:
+        parsed = inference_service_pb2.PredictRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            wire.decode_predict_request(data, in_place_from=0)
+    else:
+        same_request(wire.decode_predict_request(data, in_place_from=0), parsed)

@@ -174,6 +174,9 @@ def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, Array]:
     Raises:
         InvalidArgument: naming the input at fault.
     """
+    # TODO: protobuf parses these requests, so each raw input is copied twice
+    # (into the message, then when read) before it is decoded; kerasrpc's own
+    # Predict decodes large requests in place (wire.decode_predict_request).
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument.field(

@@ -153,7 +153,9 @@ def decode_inputs(
 
 
 def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
-    """Decode one TensorProto; packed tensor_content is read without a copy."""
+    """Decode one TensorProto; packed tensor_content is read with one copy."""
+    # TODO: protobuf parses the request, a second copy of tensor_content;
+    # kerasrpc's own Predict decodes large requests in place.
     dtype = tf.dtypes.as_dtype(proto.dtype)
     if dtype == tf.string or dtype.is_quantized or dtype.is_complex:
         raise ValueError(f"expected a numeric dtype, received {dtype.name}")

@@ -176,6 +176,7 @@ _VARINT, _FIXED64, _FIXED32 = 0, 1, 5
 _INT64_SIGN = 1 << 63
 _UINT64_END = 1 << 64
 _INT32_END = 1 << 31
+_FIELD_NUMBER_END = 1 << 29
 
 
 class _Unexpected(Exception):
@@ -279,6 +280,8 @@ def _input_entry(
             if entry_wire_type != _LENGTH_DELIMITED or tensor is not None:
                 raise _Unexpected
             tensor = _tensor(buffer, value, value_end)
+        else:
+            raise _Unexpected  # protobuf keeps such an entry out of the map
     return name, tensor or TensorView()
 
 
@@ -309,13 +312,13 @@ def _fields(
 ) -> Iterator[tuple[int, int, int, int]]:
     """Yield each field as (number, wire type, value, end).
 
-    A varint field's value is the number; a length-delimited field's value
-    and end are its bounds in `buffer`. Fixed-size fields are skipped.
+    A varint field's value is the number; the value and end of any other
+    field are its bounds in `buffer`.
     """
     while position < end:
         key, position = _varint(buffer, position, end)
         number, wire_type = key >> 3, key & 7
-        if number == 0:
+        if not 0 < number < _FIELD_NUMBER_END:
             raise _Unexpected
         if wire_type == _VARINT:
             value, position = _varint(buffer, position, end)
@@ -327,9 +330,11 @@ def _fields(
             yield number, wire_type, position, position + length
             position += length
         elif wire_type in (_FIXED64, _FIXED32):
+            start = position
             position += 8 if wire_type == _FIXED64 else 4
             if position > end:
                 raise _Unexpected
+            yield number, wire_type, start, position
         else:
             raise _Unexpected  # groups
 
