@@ -147,6 +147,10 @@ def test_raw_contents_of_the_wrong_size_are_refused(
     request = service_pb2.ModelInferRequest(model_name=model.name)
     request.inputs.add(name="features", datatype="FP32", shape=[1, 2, 8])
     request.raw_input_contents.append(b"\0" * 12)
+    refused = {"model": "", "version": "", "protocol": "open_inference",
+               "code": "INVALID_ARGUMENT"}  # fmt: skip
+    metrics = server.app.metrics.registry
+    before = metrics.get_sample_value("kerasrpc_predict_requests_total", refused) or 0
 
     with grpc.insecure_channel(server.address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -156,6 +160,9 @@ def test_raw_contents_of_the_wrong_size_are_refused(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "raw_input_contents[0]" in raised.value.details()
     assert "expected 64 bytes" in raised.value.details()
+    # Refused before the model resolved: counted, without a model label.
+    after = metrics.get_sample_value("kerasrpc_predict_requests_total", refused)
+    assert after == before + 1
 
 
 def test_requests_are_counted_under_the_protocol(

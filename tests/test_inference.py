@@ -423,3 +423,28 @@ def test_inputs_the_model_cannot_compute_say_why_plainly(
     assert "99" in description
     assert "Exception encountered" not in description
     assert "\x1b[" not in description
+
+
+def test_requests_whose_tensors_do_not_decode_are_counted_unresolved(
+    server: Any, client: Client, tmp_path: Path
+) -> None:
+    from kerasrpc.v1 import inference_service_pb2, tensor_pb2
+
+    stored = store(client, tmp_path, "sequential")
+    unresolved = {"model": "", "version": "", "protocol": "kerasrpc",
+                  "code": "INVALID_ARGUMENT"}  # fmt: skip
+    before = sample(server, "kerasrpc_predict_requests_total", unresolved)
+    request = inference_service_pb2.PredictRequest(model_name=stored.name)
+    request.inputs["features"].CopyFrom(
+        tensor_pb2.Tensor(
+            dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 2, 8], content=b"\0" * 12
+        )
+    )
+
+    with pytest.raises(grpc.RpcError) as raised:
+        client.inference.Predict(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected 64 bytes" in str(raised.value.details())
+    after = sample(server, "kerasrpc_predict_requests_total", unresolved)
+    assert after == before + 1

@@ -137,10 +137,11 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
         self, request: service_pb2.ModelInferRequest, context: grpc.ServicerContext
     ) -> wire.Encoded:
         """Predict one batch and return the outputs as raw bytes."""
-        if not request.model_name:
-            raise InvalidArgument.field("model_name", "required")
-        version = parse_version(request.model_version, "model_version")
-        inputs = decode_inputs(request)
+        with self._app.inference.counting_refusals(PROTOCOL):
+            if not request.model_name:
+                raise InvalidArgument.field("model_name", "required")
+            version = parse_version(request.model_version, "model_version")
+            inputs = decode_inputs(request)
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             request.model_name,

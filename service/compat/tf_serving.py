@@ -51,8 +51,9 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> wire.Encoded:
         """Predict one batch of TensorProto inputs."""
-        model_name, version = model_target(request.model_spec)
-        inputs = decode_inputs(request.inputs, self._app.settings.max_message_bytes)
+        with self._app.inference.counting_refusals(PROTOCOL):
+            model_name, version = model_target(request.model_spec)
+            inputs = decode_inputs(request.inputs, self._app.settings.max_message_bytes)
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             model_name,

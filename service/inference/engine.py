@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 import tensorflow as tf
+from kerasrpc.client.tensors import TensorFormatError
 from kerasrpc.service.errors import (
     DeadlineExceeded,
     Internal,
@@ -104,7 +106,7 @@ class InferenceEngine:
         started = time.perf_counter()
         # Labels name a model and version only once they resolved, so bad
         # requests cannot grow the number of series.
-        labels = {"model": "", "version": "", "protocol": protocol}
+        labels = _unresolved(protocol)
         code = "OK"
         try:
             _check_deadline(deadline)
@@ -118,7 +120,24 @@ class InferenceEngine:
             code = "INTERNAL"
             raise
         finally:
-            self._record(labels, code, time.perf_counter() - started)
+            self._record(labels, code, started)
+
+    @contextmanager
+    def counting_refusals(self, protocol: str) -> Iterator[None]:
+        """Count requests refused before predict(), such as undecodable ones.
+
+        They are counted under an empty model and version, like requests
+        for unknown models, so that bad requests cannot add series.
+        """
+        started = time.perf_counter()
+        try:
+            yield
+        except ServiceError as error:
+            self._record(_unresolved(protocol), status_code(error).name, started)
+            raise
+        except TensorFormatError:
+            self._record(_unresolved(protocol), "INVALID_ARGUMENT", started)
+            raise
 
     def warm(self, model_name: str, version: int = 0) -> int:
         """Load and compile a version (0: the latest) for serving; return its number.
@@ -219,13 +238,18 @@ class InferenceEngine:
                     del self._served[key]
                     self._compile_locks.pop(key, None)
 
-    def _record(self, labels: dict[str, str], code: str, elapsed: float) -> None:
+    def _record(self, labels: Mapping[str, str], code: str, started: float) -> None:
         self.metrics.predict_requests.labels(
             labels["model"], labels["version"], labels["protocol"], code
         ).inc()
         self.metrics.predict_latency.labels(
             labels["model"], labels["protocol"]
-        ).observe(elapsed)
+        ).observe(time.perf_counter() - started)
+
+
+def _unresolved(protocol: str) -> dict[str, str]:
+    """Return the labels of a request before its model and version resolved."""
+    return {"model": "", "version": "", "protocol": protocol}
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -15,6 +15,7 @@ from kerasrpc.v1 import inference_service_pb2
 if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
+PROTOCOL = "kerasrpc"
 # Large requests arrive decoded in place (see wire.decode_predict_request).
 Request = inference_service_pb2.PredictRequest | wire.PredictRequestView
 
@@ -31,8 +32,9 @@ class InferenceServicer:
         context: grpc.ServicerContext,
     ) -> wire.Encoded:
         """Predict one batch."""
-        if not request.model_name:
-            raise InvalidArgument.field("model_name", "required")
+        with self._app.inference.counting_refusals(PROTOCOL):
+            if not request.model_name:
+                raise InvalidArgument.field("model_name", "required")
         prediction = self._predict(
             request, request.model_name, request.version, context
         )
@@ -52,7 +54,8 @@ class InferenceServicer:
         first: tuple[str, int] | None = None
         for index, message in enumerate(request_iterator):
             request = message.request
-            model_name, version = _stream_target(request, first, index)
+            with self._app.inference.counting_refusals(PROTOCOL):
+                model_name, version = _stream_target(request, first, index)
             try:
                 prediction = self._predict(request, model_name, version, context)
             except InvalidArgument as error:
@@ -69,12 +72,11 @@ class InferenceServicer:
         version: int,
         context: grpc.ServicerContext,
     ) -> Prediction:
-        # TODO: tensors that do not decode fail here, before the engine, so
-        # they are missing from kerasrpc_predict_requests_total.
-        inputs = {
-            name: to_array(tensor, f"inputs[{name}]")
-            for name, tensor in request.inputs.items()
-        }
+        with self._app.inference.counting_refusals(PROTOCOL):
+            inputs = {
+                name: to_array(tensor, f"inputs[{name}]")
+                for name, tensor in request.inputs.items()
+            }
         deadline, cancelled = caller_limits(context)
         return self._app.inference.predict(
             model_name,
