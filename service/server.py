@@ -183,8 +183,12 @@ def _add_services(server: grpc.Server, app: Application) -> health.HealthService
         inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
         InferenceServicer(app),
         {
-            "Predict": wire.decode_predict_request,
-            "PredictStream": wire.decode_predict_stream_request,
+            "Predict": wire.keeping_undecodable(
+                wire.decode_predict_request, "PredictRequest"
+            ),
+            "PredictStream": wire.keeping_undecodable(
+                wire.decode_predict_stream_request, "PredictStreamRequest"
+            ),
         },
     )
     names = [

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 from kerasrpc.client.tensors import data_type
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 
@@ -239,6 +240,32 @@ def decode_predict_stream_request(
         except _Unexpected:
             pass
     return inference_service_pb2.PredictStreamRequest.FromString(data)
+
+
+@dataclass
+class Undecodable:
+    """Request bytes that do not parse: left for the servicer to refuse."""
+
+    message_name: str
+    reason: str
+
+
+def keeping_undecodable(
+    decode: Callable[[bytes], Any], message_name: str
+) -> Callable[[bytes], Any]:
+    """Wrap a deserializer so that bytes it cannot parse become an Undecodable.
+
+    gRPC answers a deserializer's exception with INTERNAL, as if the server
+    had failed; this lets the servicer answer INVALID_ARGUMENT instead.
+    """
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as error:
+            return Undecodable(message_name, str(error) or "not a valid message")
+
+    return deserialize
 
 
 def _predict_stream_request(buffer: memoryview) -> PredictStreamRequestView:
