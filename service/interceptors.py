@@ -14,9 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 from kerasrpc.client.tensors import TensorFormatError
 from kerasrpc.service.errors import (
@@ -60,6 +62,51 @@ class _Call:
                 elapsed * 1000,
                 context.peer(),
             )
+
+
+@dataclass
+class Undecodable:
+    """Request bytes that do not parse, handed on so that they are refused."""
+
+    message_name: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        """Return the error the caller gets."""
+        return InvalidArgument(
+            f"the request is not a valid {self.message_name}: {self.reason}"
+        )
+
+
+def keeping_undecodable(
+    decode: Callable[[bytes], Any], message_name: str
+) -> Callable[[bytes], Any]:
+    """Wrap a request deserializer: bytes it cannot parse become an Undecodable.
+
+    gRPC answers a deserializer's exception with INTERNAL, as if the server
+    had failed; the interceptor answers an Undecodable with INVALID_ARGUMENT.
+    """
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as error:
+            return Undecodable(message_name, str(error) or "not a valid message")
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    """Return a request message; raise InvalidArgument for an Undecodable."""
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
+
+
+def _decoded_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    """Yield a stream's messages; raise InvalidArgument at an Undecodable one."""
+    for request in requests:
+        yield _decoded(request)
 
 
 class StreamSlots:
@@ -149,12 +196,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         *,
         holds_slot: bool = False,
     ) -> Behavior:
+        decoded = _decoded_stream if rpc_type == "client_stream" else _decoded
+
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
             try:
                 with self._slots.held() if holds_slot else nullcontext():
-                    return behavior(request, context)
+                    return behavior(decoded(request), context)
             except BaseException as error:
                 code = _abort(error, context, method)
                 raise
@@ -164,12 +213,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         return handle
 
     def _streaming(self, behavior: Behavior, method: str, rpc_type: str) -> Behavior:
+        decoded = _decoded_stream if rpc_type == "bidi_stream" else _decoded
+
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _Call(method, rpc_type, self._metrics)
             code = grpc.StatusCode.OK
             try:
                 with self._slots.held():
-                    yield from behavior(request, context)
+                    yield from behavior(decoded(request), context)
             except GeneratorExit:
                 code = grpc.StatusCode.CANCELLED
                 raise

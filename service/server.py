@@ -31,9 +31,7 @@ from kerasrpc.service.training import JobManager
 from kerasrpc.v1 import (
     inference_service_pb2,
     model_service_pb2,
-    model_service_pb2_grpc,
     training_service_pb2,
-    training_service_pb2_grpc,
 )
 from prometheus_client import CollectorRegistry
 
@@ -172,23 +170,23 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def _add_services(server: grpc.Server, app: Application) -> health.HealthServicer:
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(app), server
+    wire.add_servicer(
+        server,
+        model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+        ModelServicer(app),
     )
-    training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
-        TrainingServicer(app), server
+    wire.add_servicer(
+        server,
+        training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"],
+        TrainingServicer(app),
     )
     wire.add_servicer(
         server,
         inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
         InferenceServicer(app),
         {
-            "Predict": wire.keeping_undecodable(
-                wire.decode_predict_request, "PredictRequest"
-            ),
-            "PredictStream": wire.keeping_undecodable(
-                wire.decode_predict_stream_request, "PredictStreamRequest"
-            ),
+            "Predict": wire.decode_predict_request,
+            "PredictStream": wire.decode_predict_stream_request,
         },
     )
     names = [

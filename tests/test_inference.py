@@ -448,29 +448,3 @@ def test_requests_whose_tensors_do_not_decode_are_counted_unresolved(
     assert "expected 64 bytes" in str(raised.value.details())
     after = sample(server, "kerasrpc_predict_requests_total", unresolved)
     assert after == before + 1
-
-
-def test_bytes_that_are_no_request_are_invalid_arguments(
-    server: Any, client: Client
-) -> None:
-    garbage = b"\x0a\xff\xff\xff"  # a field whose length runs past the end
-    unresolved = {"model": "", "version": "", "protocol": "kerasrpc",
-                  "code": "INVALID_ARGUMENT"}  # fmt: skip
-    before = sample(server, "kerasrpc_predict_requests_total", unresolved)
-
-    with grpc.insecure_channel(server.address) as channel:
-        predict = channel.unary_unary("/kerasrpc.v1.InferenceService/Predict")
-        stream = channel.stream_stream("/kerasrpc.v1.InferenceService/PredictStream")
-        with pytest.raises(grpc.RpcError) as unary:
-            predict(garbage, timeout=30)
-        with pytest.raises(grpc.RpcError) as streamed:
-            list(stream(iter([garbage]), timeout=30))
-
-    for raised, message in (
-        (unary, "PredictRequest"),
-        (streamed, "PredictStreamRequest"),
-    ):
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert f"not a valid {message}" in raised.value.details()
-    after = sample(server, "kerasrpc_predict_requests_total", unresolved)
-    assert after == before + 2

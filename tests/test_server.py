@@ -244,3 +244,40 @@ def test_thread_pools_cannot_change_once_tensorflow_computes() -> None:
         DeviceError, match=f"intra_op_threads expected .*, received {other}"
     ):
         configure_device("cpu", intra_op_threads=other)
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "message"),
+    [
+        ("/kerasrpc.v1.InferenceService/Predict", "unary_unary", "PredictRequest"),
+        ("/kerasrpc.v1.InferenceService/PredictStream", "stream_stream",
+         "PredictStreamRequest"),
+        ("/kerasrpc.v1.ModelService/GetModel", "unary_unary", "GetModelRequest"),
+        ("/kerasrpc.v1.ModelService/ImportModel", "stream_unary",
+         "ImportModelRequest"),
+        ("/kerasrpc.v1.TrainingService/WatchTraining", "unary_stream",
+         "WatchTrainingRequest"),
+        ("/inference.GRPCInferenceService/ModelInfer", "unary_unary",
+         "ModelInferRequest"),
+        ("/tensorflow.serving.PredictionService/Predict", "unary_unary",
+         "PredictRequest"),
+    ],
+)  # fmt: skip
+def test_bytes_that_are_no_request_are_invalid_arguments(
+    server: Any, method: str, kind: str, message: str
+) -> None:
+    garbage = b"\x0a\xff\xff\xff"  # a field whose length runs past the end
+
+    def send() -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            call = getattr(channel, kind)(method)
+            request = iter([garbage]) if kind.startswith("stream") else garbage
+            result = call(request, timeout=30)
+            if kind.endswith("_stream"):
+                list(result)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        send()
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"the request is not a valid {message}" in raised.value.details()

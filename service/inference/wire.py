@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 from kerasrpc.client.tensors import data_type
+from kerasrpc.service.interceptors import keeping_undecodable
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 
 Array = npt.NDArray[Any]
@@ -120,20 +120,22 @@ def add_servicer(
 ) -> None:
     """Serve every method of `service` (a ServiceDescriptor) from `servicer`.
 
-    Like the generated add_*_to_server functions, except that a method may
-    return (or yield) an Encoded message as well as a message object, and
-    that `deserializers` may replace protobuf's parsing of some requests,
-    by method name.
+    Like the generated add_*_to_server functions, except that:
+    - a method may return (or yield) an Encoded message as well as a message
+      object;
+    - `deserializers` may replace protobuf's parsing of some requests, by
+      method name;
+    - request bytes that do not parse reach the interceptor as Undecodable,
+      which refuses them with INVALID_ARGUMENT (gRPC would answer INTERNAL).
     """
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
         kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        decode = (deserializers or {}).get(method.name, request.FromString)
         handlers[method.name] = kind(
             getattr(servicer, method.name),
-            request_deserializer=(deserializers or {}).get(
-                method.name, request.FromString
-            ),
+            request_deserializer=keeping_undecodable(decode, method.input_type.name),
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers(
@@ -240,32 +242,6 @@ def decode_predict_stream_request(
         except _Unexpected:
             pass
     return inference_service_pb2.PredictStreamRequest.FromString(data)
-
-
-@dataclass
-class Undecodable:
-    """Request bytes that do not parse: left for the servicer to refuse."""
-
-    message_name: str
-    reason: str
-
-
-def keeping_undecodable(
-    decode: Callable[[bytes], Any], message_name: str
-) -> Callable[[bytes], Any]:
-    """Wrap a deserializer so that bytes it cannot parse become an Undecodable.
-
-    gRPC answers a deserializer's exception with INTERNAL, as if the server
-    had failed; this lets the servicer answer INVALID_ARGUMENT instead.
-    """
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return decode(data)
-        except DecodeError as error:
-            return Undecodable(message_name, str(error) or "not a valid message")
-
-    return deserialize
 
 
 def _predict_stream_request(buffer: memoryview) -> PredictStreamRequestView:

@@ -28,13 +28,11 @@ class InferenceServicer:
 
     def Predict(  # noqa: N802 - the gRPC method name
         self,
-        request: Request | wire.Undecodable,
+        request: Request,
         context: grpc.ServicerContext,
     ) -> wire.Encoded:
         """Predict one batch."""
         with self._app.inference.counting_refusals(PROTOCOL):
-            if isinstance(request, wire.Undecodable):
-                raise _undecodable(request)
             if not request.model_name:
                 raise InvalidArgument.field("model_name", "required")
         prediction = self._predict(
@@ -45,9 +43,7 @@ class InferenceServicer:
     def PredictStream(  # noqa: N802
         self,
         request_iterator: Iterator[
-            inference_service_pb2.PredictStreamRequest
-            | wire.PredictStreamRequestView
-            | wire.Undecodable
+            inference_service_pb2.PredictStreamRequest | wire.PredictStreamRequestView
         ],
         context: grpc.ServicerContext,
     ) -> Iterator[wire.Encoded]:
@@ -57,9 +53,6 @@ class InferenceServicer:
         # its round trips instead of overlapping them.
         first: tuple[str, int] | None = None
         for index, message in enumerate(request_iterator):
-            if isinstance(message, wire.Undecodable):
-                with self._app.inference.counting_refusals(PROTOCOL):
-                    raise _in_stream(_undecodable(message), index)
             request = message.request
             with self._app.inference.counting_refusals(PROTOCOL):
                 model_name, version = _stream_target(request, first, index)
@@ -120,12 +113,6 @@ def _stream_target(
         field = "request.model_name" if index == 0 else f"[{index}].request.model_name"
         raise InvalidArgument.field(field, "required in the stream's first message")
     return first[0], request.version or first[1]
-
-
-def _undecodable(request: wire.Undecodable) -> InvalidArgument:
-    return InvalidArgument(
-        f"the request is not a valid {request.message_name}: {request.reason}"
-    )
 
 
 def _in_stream(error: InvalidArgument, index: int) -> InvalidArgument:
