@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
+from kerasrpc.client import codec
 from kerasrpc.client.errors import KerasRpcError
 from kerasrpc.client.tensors import to_array, to_tensor
 from kerasrpc.v1 import (
@@ -91,6 +92,17 @@ class Client:
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.training = training_service_pb2_grpc.TrainingServiceStub(self._channel)
         self.inference = inference_service_pb2_grpc.InferenceServiceStub(self._channel)
+        # Predict calls that encode arrays and decode outputs without copies.
+        self._predict = self._channel.unary_unary(
+            "/kerasrpc.v1.InferenceService/Predict",
+            request_serializer=codec.serialize,
+            response_deserializer=codec.decode_predict_response,
+        )
+        self._predict_stream = self._channel.stream_stream(
+            "/kerasrpc.v1.InferenceService/PredictStream",
+            request_serializer=codec.serialize,
+            response_deserializer=codec.decode_predict_stream_response,
+        )
 
     def close(self) -> None:
         """Close the channel."""
@@ -392,8 +404,8 @@ class Client:
             outputs: the output names to return; all when empty.
             timeout: the call's deadline in seconds (default: the client's).
         """
-        request = predict_request(model_name, inputs, version, outputs)
-        response = self.inference.Predict(
+        request = codec.predict_request(model_name, version, _named(inputs), outputs)
+        response = self._predict(
             request, timeout=timeout if timeout is not None else self.timeout
         )
         return decode_outputs(response)
@@ -409,33 +421,40 @@ class Client:
     ) -> Iterator[dict[str, npt.NDArray[Any]]]:
         """Predict a stream of batches; yield each batch's outputs in order."""
         names = list(outputs)
+        # PredictStreamRequest holds the PredictRequest as its field 1.
         requests = (
-            inference_service_pb2.PredictStreamRequest(
-                request=predict_request(model_name, batch, version, names)
-            )
+            codec.predict_request(model_name, version, _named(batch), names).nested(1)
             for batch in batches
         )
-        for response in self.inference.PredictStream(requests):
+        for response in self._predict_stream(requests):
             yield decode_outputs(response.response)
 
 
 def predict_request(
     model_name: str, inputs: Arrays, version: int, outputs: Iterable[str]
 ) -> inference_service_pb2.PredictRequest:
-    """Build a PredictRequest from arrays."""
-    named = inputs if isinstance(inputs, Mapping) else {"input": inputs}
+    """Build a PredictRequest message from arrays."""
     return inference_service_pb2.PredictRequest(
         model_name=model_name,
         version=version,
-        inputs={name: to_tensor(value) for name, value in named.items()},
+        inputs={name: to_tensor(value) for name, value in _named(inputs).items()},
         output_names=list(outputs),
     )
 
 
+def _named(inputs: Arrays) -> Mapping[str, npt.ArrayLike]:
+    """Return inputs by name; a lone array goes by "input"."""
+    return inputs if isinstance(inputs, Mapping) else {"input": inputs}
+
+
 def decode_outputs(
-    response: inference_service_pb2.PredictResponse,
+    response: inference_service_pb2.PredictResponse | codec.PredictResponseView,
 ) -> dict[str, npt.NDArray[Any]]:
-    """Decode a PredictResponse's outputs into arrays by name."""
+    """Decode a PredictResponse's outputs into arrays by name.
+
+    The arrays are read-only; a large response decoded in place shares its
+    memory with them.
+    """
     return {
         name: to_array(tensor, f"outputs[{name}]")
         for name, tensor in response.outputs.items()

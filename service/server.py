@@ -12,9 +12,10 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from kerasrpc.client import codec
 from kerasrpc.service.compat import add_compat_services
 from kerasrpc.service.device import Device, configure_device
-from kerasrpc.service.inference import InferenceEngine, wire
+from kerasrpc.service.inference import InferenceEngine
 from kerasrpc.service.interceptors import (
     ServiceInterceptor,
     StreamSlots,
@@ -22,6 +23,7 @@ from kerasrpc.service.interceptors import (
 )
 from kerasrpc.service.metrics import ServiceMetrics
 from kerasrpc.service.metrics_http import MetricsEndpoint, start_metrics_endpoint
+from kerasrpc.service.registration import add_servicer
 from kerasrpc.service.registry import ModelRegistry
 from kerasrpc.service.servicers.inference import InferenceServicer
 from kerasrpc.service.servicers.models import ModelServicer
@@ -170,23 +172,23 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def _add_services(server: grpc.Server, app: Application) -> health.HealthServicer:
-    wire.add_servicer(
+    add_servicer(
         server,
         model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
         ModelServicer(app),
     )
-    wire.add_servicer(
+    add_servicer(
         server,
         training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"],
         TrainingServicer(app),
     )
-    wire.add_servicer(
+    add_servicer(
         server,
         inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
         InferenceServicer(app),
         {
-            "Predict": wire.decode_predict_request,
-            "PredictStream": wire.decode_predict_stream_request,
+            "Predict": codec.decode_predict_request,
+            "PredictStream": codec.decode_predict_stream_request,
         },
     )
     names = [

@@ -38,7 +38,7 @@ def sample(server: Any, name: str, labels: dict[str, str]) -> float:
 
 
 # 4,000 examples make every style's request larger than the size from which
-# the server decodes requests in place (wire.DECODE_IN_PLACE_BYTES).
+# the server decodes requests in place (codec.DECODE_IN_PLACE_BYTES).
 @pytest.mark.parametrize("batch", [4, 4000])
 @pytest.mark.parametrize("style", sorted(BUILDERS))
 def test_predictions_equal_the_model_in_process(

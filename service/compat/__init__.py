@@ -17,7 +17,7 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
     """Add the compatibility servicers to `server`; return their full names."""
     from kerasrpc.service.compat.open_inference import OpenInferenceServicer
     from kerasrpc.service.compat.tf_serving import TfServingServicer
-    from kerasrpc.service.inference.wire import add_servicer
+    from kerasrpc.service.registration import add_servicer
     from tensorflow_serving.apis import prediction_service_pb2
     from tritonclient.grpc import service_pb2
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from kerasrpc.client import codec
 from kerasrpc.client.tensors import data_type, numpy_dtype
 from kerasrpc.service.errors import (
     FailedPrecondition,
@@ -18,7 +19,6 @@ from kerasrpc.service.errors import (
     InvalidArgument,
     NotFound,
 )
-from kerasrpc.service.inference import wire
 from kerasrpc.service.inference.limits import check_response_size
 from kerasrpc.service.servicers.inference import caller_limits
 from kerasrpc.v1 import tensor_pb2
@@ -135,7 +135,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
 
     def ModelInfer(  # noqa: N802
         self, request: service_pb2.ModelInferRequest, context: grpc.ServicerContext
-    ) -> wire.Encoded:
+    ) -> codec.Encoded:
         """Predict one batch and return the outputs as raw bytes."""
         with self._app.inference.counting_refusals(PROTOCOL):
             if not request.model_name:
@@ -177,7 +177,7 @@ def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, Array]:
     """
     # TODO: protobuf parses these requests, so each raw input is copied twice
     # (into the message, then when read) before it is decoded; kerasrpc's own
-    # Predict decodes large requests in place (wire.decode_predict_request).
+    # Predict decodes large requests in place (codec.decode_predict_request).
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument.field(
@@ -288,10 +288,10 @@ def _metadata(
 
 def _infer_response(
     request: service_pb2.ModelInferRequest, version: int, outputs: dict[str, Array]
-) -> wire.Encoded:
+) -> codec.Encoded:
     """Encode a ModelInferResponse, copying each output's bytes once."""
     names: Sequence[str] = list(outputs)
-    contents = [wire.raw_bytes(outputs[name])[1] for name in names]
+    contents = [codec.raw_bytes(outputs[name])[1] for name in names]
     head = service_pb2.ModelInferResponse(
         model_name=request.model_name,
         model_version=str(version),
@@ -306,13 +306,13 @@ def _infer_response(
         ],
     ).SerializeToString()
     # raw_output_contents (field 6) is appended, one entry per output in order.
-    return wire.Encoded(
+    return codec.Encoded(
         [
             head,
             *(
                 part
                 for raw in contents
-                for part in wire.with_content(b"", 6, raw).parts
+                for part in codec.with_content(b"", 6, raw).parts
             ),
         ]
     )

@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 from google.protobuf import any_pb2
+from kerasrpc.client import codec
 from kerasrpc.client.tensors import numpy_dtype
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
-from kerasrpc.service.inference import wire
 from kerasrpc.service.inference.limits import check_response_size
 from kerasrpc.service.servicers.inference import caller_limits
 from kerasrpc.v1 import tensor_pb2
@@ -49,7 +49,7 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
 
     def Predict(  # noqa: N802 - the protocol's method names
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
-    ) -> wire.Encoded:
+    ) -> codec.Encoded:
         """Predict one batch of TensorProto inputs."""
         with self._app.inference.counting_refusals(PROTOCOL):
             model_name, version = model_target(request.model_spec)
@@ -185,20 +185,20 @@ def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
 
 def _predict_response(
     spec: model_pb2.ModelSpec, outputs: Mapping[str, Array]
-) -> wire.Encoded:
+) -> codec.Encoded:
     """Encode a PredictResponse with each output in tensor_content, copied once."""
-    parts: list[wire.Part] = [
+    parts: list[codec.Part] = [
         predict_pb2.PredictResponse(model_spec=spec).SerializeToString()
     ]
     for name, array in outputs.items():
-        values, content = wire.raw_bytes(array)
+        values, content = codec.raw_bytes(array)
         head = tf_tensor_pb2.TensorProto(
             dtype=tf.as_dtype(values.dtype).as_datatype_enum,
             tensor_shape=tf.TensorShape(values.shape).as_proto(),
         ).SerializeToString()
         # TensorProto.tensor_content is field 4; PredictResponse.outputs field 1.
-        parts += wire.map_entry(1, name, wire.with_content(head, 4, content)).parts
-    return wire.Encoded(parts)
+        parts += codec.map_entry(1, name, codec.with_content(head, 4, content)).parts
+    return codec.Encoded(parts)
 
 
 def _answered_spec(model_name: str, version: int) -> model_pb2.ModelSpec:

@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
+from kerasrpc.client import codec
 from kerasrpc.client.tensors import to_array
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
-from kerasrpc.service.inference import Prediction, wire
+from kerasrpc.service.inference import Prediction
 from kerasrpc.service.inference.limits import check_response_size, deadline_of
 from kerasrpc.v1 import inference_service_pb2
 
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
 PROTOCOL = "kerasrpc"
-# Large requests arrive decoded in place (see wire.decode_predict_request).
-Request = inference_service_pb2.PredictRequest | wire.PredictRequestView
+# Large requests arrive decoded in place (see codec.decode_predict_request).
+Request = inference_service_pb2.PredictRequest | codec.PredictRequestView
 
 
 class InferenceServicer:
@@ -30,7 +31,7 @@ class InferenceServicer:
         self,
         request: Request,
         context: grpc.ServicerContext,
-    ) -> wire.Encoded:
+    ) -> codec.Encoded:
         """Predict one batch."""
         with self._app.inference.counting_refusals(PROTOCOL):
             if not request.model_name:
@@ -43,10 +44,10 @@ class InferenceServicer:
     def PredictStream(  # noqa: N802
         self,
         request_iterator: Iterator[
-            inference_service_pb2.PredictStreamRequest | wire.PredictStreamRequestView
+            inference_service_pb2.PredictStreamRequest | codec.PredictStreamRequestView
         ],
         context: grpc.ServicerContext,
-    ) -> Iterator[wire.Encoded]:
+    ) -> Iterator[codec.Encoded]:
         """Predict a stream of batches, answering each in order."""
         # TODO: messages are computed one at a time, so one stream has a single
         # batch in flight; a long stream of small batches runs at the speed of
@@ -87,11 +88,13 @@ class InferenceServicer:
             cancelled=cancelled,
         )
 
-    def _response(self, prediction: Prediction) -> wire.Encoded:
+    def _response(self, prediction: Prediction) -> codec.Encoded:
         """Encode a PredictResponse, copying each output's bytes once."""
         outputs = prediction.outputs
         check_response_size(outputs.values(), self._app.settings.max_message_bytes)
-        return wire.predict_response(prediction.model_name, prediction.version, outputs)
+        return codec.predict_response(
+            prediction.model_name, prediction.version, outputs
+        )
 
 
 def caller_limits(

@@ -1,4 +1,4 @@
-"""Hand-encoded responses parse, with protobuf, into the messages they stand for."""
+"""Messages encoded and decoded around raw tensor bytes agree with protobuf."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from kerasrpc.client import codec
 from kerasrpc.client.tensors import fill_tensor, to_array, to_tensor
 from kerasrpc.service.compat.open_inference import _infer_response
 from kerasrpc.service.compat.tf_serving import _predict_response
-from kerasrpc.service.inference import wire
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 from tritonclient.grpc import service_pb2
@@ -50,14 +50,14 @@ def expected_response(
     ],
 )
 def test_varints_follow_the_wire_format(value: int, encoded: bytes) -> None:
-    assert wire.varint(value) == encoded
+    assert codec.varint(value) == encoded
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_dtype_parses_back(dtype: object) -> None:
     outputs = {"scores": (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)}
 
-    data = wire.predict_response("m", 3, outputs).serialize()
+    data = codec.predict_response("m", 3, outputs).serialize()
 
     parsed = inference_service_pb2.PredictResponse.FromString(data)
     assert parsed == expected_response("m", 3, outputs)
@@ -80,7 +80,7 @@ def test_every_dtype_parses_back(dtype: object) -> None:
 def test_any_response_parses_into_the_message_built_field_by_field(
     model_name: str, version: int, outputs: dict[str, Any]
 ) -> None:
-    encoded = wire.predict_response(model_name, version, outputs)
+    encoded = codec.predict_response(model_name, version, outputs)
 
     data = encoded.serialize()
 
@@ -96,7 +96,7 @@ def test_strided_and_big_endian_outputs_travel_little_endian_in_c_order() -> Non
     outputs = {"t": transposed, "b": big_endian}
 
     parsed = inference_service_pb2.PredictResponse.FromString(
-        wire.predict_response("m", 1, outputs).serialize()
+        codec.predict_response("m", 1, outputs).serialize()
     )
 
     np.testing.assert_array_equal(to_array(parsed.outputs["t"]), transposed)
@@ -109,7 +109,7 @@ def test_outputs_over_a_varint_byte_of_length_keep_their_bytes() -> None:
     outputs = {"big": np.linspace(0, 1, 70_000, dtype="float32")}
 
     parsed = inference_service_pb2.PredictResponse.FromString(
-        wire.predict_response("m", 1, outputs).serialize()
+        codec.predict_response("m", 1, outputs).serialize()
     )
 
     np.testing.assert_array_equal(to_array(parsed.outputs["big"]), outputs["big"])
@@ -118,7 +118,7 @@ def test_outputs_over_a_varint_byte_of_length_keep_their_bytes() -> None:
 def test_a_nested_response_is_the_stream_message() -> None:
     outputs = {"y": np.ones((2, 5), "float32")}
 
-    data = wire.predict_response("m", 2, outputs).nested(1).serialize()
+    data = codec.predict_response("m", 2, outputs).nested(1).serialize()
 
     parsed = inference_service_pb2.PredictStreamResponse.FromString(data)
     assert parsed.response == expected_response("m", 2, outputs)
@@ -128,10 +128,10 @@ def test_the_serializer_takes_encoded_responses_and_message_objects() -> None:
     message = inference_service_pb2.PredictResponse(model_name="m", version=4)
     outputs = {"y": np.ones(3, "float32")}
 
-    assert wire.serialize(message) == message.SerializeToString()
-    assert wire.serialize(wire.predict_response("m", 1, outputs)) == expected_response(
-        "m", 1, outputs
-    ).SerializeToString(deterministic=True)
+    assert codec.serialize(message) == message.SerializeToString()
+    assert codec.serialize(
+        codec.predict_response("m", 1, outputs)
+    ) == expected_response("m", 1, outputs).SerializeToString(deterministic=True)
 
 
 def test_open_inference_responses_carry_outputs_raw_in_order() -> None:
@@ -208,9 +208,9 @@ def test_requests_decode_in_place_to_what_protobuf_parses(
 ) -> None:
     data = message.SerializeToString()
 
-    decoded = wire.decode_predict_request(data, in_place_from=0)
+    decoded = codec.decode_predict_request(data, in_place_from=0)
 
-    assert isinstance(decoded, wire.PredictRequestView)
+    assert isinstance(decoded, codec.PredictRequestView)
     same_request(decoded, message)
     for tensor in decoded.inputs.values():
         if tensor.content:
@@ -227,29 +227,29 @@ def test_truncated_requests_fail_or_parse_as_protobuf_does(
         parsed = inference_service_pb2.PredictRequest.FromString(data)
     except DecodeError:
         with pytest.raises(DecodeError):
-            wire.decode_predict_request(data, in_place_from=0)
+            codec.decode_predict_request(data, in_place_from=0)
     else:
-        same_request(wire.decode_predict_request(data, in_place_from=0), parsed)
+        same_request(codec.decode_predict_request(data, in_place_from=0), parsed)
 
 
 def test_unknown_fields_and_unpacked_shapes_decode_in_place() -> None:
     content = np.arange(6, dtype="<f4").tobytes()
     tensor = (
-        b"\x08" + wire.varint(tensor_pb2.DATA_TYPE_FLOAT32)
+        b"\x08" + codec.varint(tensor_pb2.DATA_TYPE_FLOAT32)
         + b"\x10\x02\x10\x03"  # shape 2, 3, one varint each (unpacked)
         + b"\x78\x05"  # unknown field 15, a varint
-        + wire.length_prefix(3, len(content)) + content
+        + codec.length_prefix(3, len(content)) + content
     )  # fmt: skip
-    entry = wire.length_prefix(1, 1) + b"x" + wire.length_prefix(2, len(tensor))
+    entry = codec.length_prefix(1, 1) + b"x" + codec.length_prefix(2, len(tensor))
     data = (
-        wire.length_prefix(1, 1) + b"m"
+        codec.length_prefix(1, 1) + b"m"
         + b"\x81\x01" + bytes(8)  # unknown field 16, fixed 64 bits
-        + wire.length_prefix(3, len(entry + tensor)) + entry + tensor
+        + codec.length_prefix(3, len(entry + tensor)) + entry + tensor
     )  # fmt: skip
 
-    decoded = wire.decode_predict_request(data, in_place_from=0)
+    decoded = codec.decode_predict_request(data, in_place_from=0)
 
-    assert isinstance(decoded, wire.PredictRequestView)
+    assert isinstance(decoded, codec.PredictRequestView)
     same_request(decoded, inference_service_pb2.PredictRequest.FromString(data))
     np.testing.assert_array_equal(
         to_array(decoded.inputs["x"]), np.arange(6, dtype="float32").reshape(2, 3)
@@ -260,13 +260,13 @@ def test_a_tensor_given_twice_in_one_entry_is_merged_by_protobuf() -> None:
     first = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_INT8, shape=[2])
     second = tensor_pb2.Tensor(content=b"\x01\x02")
     entry = (
-        wire.length_prefix(1, 1) + b"x"
-        + wire.length_prefix(2, first.ByteSize()) + first.SerializeToString()
-        + wire.length_prefix(2, second.ByteSize()) + second.SerializeToString()
+        codec.length_prefix(1, 1) + b"x"
+        + codec.length_prefix(2, first.ByteSize()) + first.SerializeToString()
+        + codec.length_prefix(2, second.ByteSize()) + second.SerializeToString()
     )  # fmt: skip
-    data = wire.length_prefix(3, len(entry)) + entry
+    data = codec.length_prefix(3, len(entry)) + entry
 
-    decoded = wire.decode_predict_request(data, in_place_from=0)
+    decoded = codec.decode_predict_request(data, in_place_from=0)
 
     assert isinstance(decoded, inference_service_pb2.PredictRequest)
     np.testing.assert_array_equal(to_array(decoded.inputs["x"]), [1, 2])
@@ -275,7 +275,7 @@ def test_a_tensor_given_twice_in_one_entry_is_merged_by_protobuf() -> None:
 def test_small_requests_are_parsed_by_protobuf() -> None:
     message = inference_service_pb2.PredictRequest(model_name="m")
 
-    decoded = wire.decode_predict_request(message.SerializeToString())
+    decoded = codec.decode_predict_request(message.SerializeToString())
 
     assert isinstance(decoded, inference_service_pb2.PredictRequest)
 
@@ -287,9 +287,9 @@ def test_stream_requests_decode_their_request_in_place() -> None:
         request=request
     ).SerializeToString()
 
-    decoded = wire.decode_predict_stream_request(data, in_place_from=0)
+    decoded = codec.decode_predict_stream_request(data, in_place_from=0)
 
-    assert isinstance(decoded, wire.PredictStreamRequestView)
+    assert isinstance(decoded, codec.PredictStreamRequestView)
     same_request(decoded.request, request)
 
 
@@ -306,9 +306,9 @@ def test_corrupted_requests_fail_or_parse_as_protobuf_does(
         parsed = inference_service_pb2.PredictRequest.FromString(corrupted)
     except DecodeError:
         with pytest.raises(DecodeError):
-            wire.decode_predict_request(corrupted, in_place_from=0)
+            codec.decode_predict_request(corrupted, in_place_from=0)
     else:
-        same_request(wire.decode_predict_request(corrupted, in_place_from=0), parsed)
+        same_request(codec.decode_predict_request(corrupted, in_place_from=0), parsed)
 
 
 @pytest.mark.parametrize(
@@ -329,6 +329,95 @@ def test_odd_encodings_found_by_fuzzing_decode_as_protobuf_does(hex_data: str) -
         parsed = inference_service_pb2.PredictRequest.FromString(data)
     except DecodeError:
         with pytest.raises(DecodeError):
-            wire.decode_predict_request(data, in_place_from=0)
+            codec.decode_predict_request(data, in_place_from=0)
     else:
-        same_request(wire.decode_predict_request(data, in_place_from=0), parsed)
+        same_request(codec.decode_predict_request(data, in_place_from=0), parsed)
+
+
+# The client's side: requests encoded, responses decoded in place --------------
+
+array_maps = st.dictionaries(
+    st.text(max_size=12),
+    hnp.arrays(
+        st.sampled_from(["<f4", ">f8", "<i8", "|u1", "?", "<f2"]),
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model_name=st.text(max_size=30),
+    version=st.integers(0, 2**62),
+    inputs=array_maps,
+    output_names=st.lists(st.text(max_size=12), max_size=3),
+)
+def test_encoded_requests_parse_into_the_message_built_field_by_field(
+    model_name: str, version: int, inputs: dict[str, Any], output_names: list[str]
+) -> None:
+    expected = inference_service_pb2.PredictRequest(
+        model_name=model_name, version=version, output_names=output_names
+    )
+    for name, array in inputs.items():
+        fill_tensor(expected.inputs[name], array)
+
+    encoded = codec.predict_request(model_name, version, inputs, output_names)
+
+    parsed = inference_service_pb2.PredictRequest.FromString(encoded.serialize())
+    assert parsed == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model_name=st.text(max_size=30), version=st.integers(0, 2**62), outputs=array_maps
+)
+def test_responses_decode_in_place_into_the_arrays_sent(
+    model_name: str, version: int, outputs: dict[str, Any]
+) -> None:
+    data = codec.predict_response(model_name, version, outputs).serialize()
+
+    decoded = codec.decode_predict_response(data, in_place_from=0)
+
+    assert isinstance(decoded, codec.PredictResponseView)
+    assert (decoded.model_name, decoded.version) == (model_name, version)
+    assert set(decoded.outputs) == set(outputs)
+    for name, array in outputs.items():
+        got = to_array(decoded.outputs[name])
+        assert got.shape == array.shape
+        np.testing.assert_array_equal(got, array)
+        if got.nbytes:
+            assert decoded.outputs[name].content.obj is data
+
+
+@settings(max_examples=150, deadline=None)
+@given(outputs=array_maps, position=st.integers(0, 5000), byte=st.integers(0, 255))
+def test_corrupted_responses_fail_or_parse_as_protobuf_does(
+    outputs: dict[str, Any], position: int, byte: int
+) -> None:
+    data = bytearray(codec.predict_response("m", 3, outputs).serialize())
+    data[position % len(data)] = byte
+    corrupted = bytes(data)
+    try:
+        parsed = inference_service_pb2.PredictResponse.FromString(corrupted)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            codec.decode_predict_response(corrupted, in_place_from=0)
+        return
+    decoded = codec.decode_predict_response(corrupted, in_place_from=0)
+    assert (decoded.model_name, decoded.version) == (parsed.model_name, parsed.version)
+    assert set(decoded.outputs) == set(parsed.outputs)
+    for name, tensor in parsed.outputs.items():
+        got = decoded.outputs[name]
+        assert (got.dtype, list(got.shape)) == (tensor.dtype, list(tensor.shape))
+        assert bytes(got.content) == tensor.content
+
+
+def test_stream_responses_decode_their_response_in_place() -> None:
+    outputs = {"y": np.arange(10, dtype="float32").reshape(2, 5)}
+    data = codec.predict_response("m", 2, outputs).nested(1).serialize()
+
+    decoded = codec.decode_predict_stream_response(data, in_place_from=0)
+
+    assert isinstance(decoded, codec.PredictStreamResponseView)
+    np.testing.assert_array_equal(to_array(decoded.response.outputs["y"]), outputs["y"])

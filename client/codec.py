@@ -1,29 +1,33 @@
-"""Encode prediction responses with each output's bytes copied once.
+"""Encode and decode Predict messages around raw tensor bytes, without copies.
 
-Building a response message the usual way copies every output several
-times: into a bytes object, into the message, into the serialized string.
-For large batches those copies are a visible share of a Predict call. Here
-protobuf still encodes every small field (names, dtypes, shapes, versions);
-only the length-delimited envelopes that enclose raw tensor bytes are
-written by hand, following the protobuf wire format, so that the array
-memory is copied once, straight into the serialized response.
+Building a message the usual way copies every array several times: into a
+bytes object, into the message, into the serialized string; parsing one
+copies each tensor into the message, and reading the field copies it again.
+For large batches those copies are a visible share of a call.
 
-Parsers merge repeated occurrences and accept fields in any order, which is
-what lets a serialized message be extended by appending fields to it.
+Encoding: protobuf still encodes every small field (names, dtypes, shapes,
+versions); only the length-delimited envelopes that enclose raw tensor bytes
+are written by hand, following the protobuf wire format, so that each array
+is copied once, straight into the serialized message. Parsers merge repeated
+occurrences and accept fields in any order, which is what lets a serialized
+message be extended by appending fields to it.
+
+Decoding: large messages are read in place, each tensor's content a view of
+the received bytes; anything unexpected goes to protobuf.
+
+The server uses this for its responses and for requests; the client for its
+requests and for responses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import message_factory
 from kerasrpc.client.tensors import data_type
-from kerasrpc.service.interceptors import keeping_undecodable
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 
 Array = npt.NDArray[Any]
@@ -92,71 +96,45 @@ def map_entry(field_number: int, key: str, value: Encoded) -> Encoded:
     )
 
 
-def predict_response(
-    model_name: str, version: int, outputs: Mapping[str, npt.ArrayLike]
-) -> Encoded:
-    """Encode a kerasrpc.v1.PredictResponse."""
-    parts: list[Part] = [
-        inference_service_pb2.PredictResponse(
-            model_name=model_name, version=version
-        ).SerializeToString()
-    ]
-    for name, array in outputs.items():
+def tensor_map(field_number: int, arrays: Mapping[str, npt.ArrayLike]) -> list[Part]:
+    """Encode a map<string, kerasrpc.v1.Tensor> field, each array copied once."""
+    parts: list[Part] = []
+    for name, array in arrays.items():
         values, content = raw_bytes(array)
         head = tensor_pb2.Tensor(
             dtype=data_type(values.dtype),  # type: ignore[arg-type]
             shape=values.shape,
         ).SerializeToString()
-        # Tensor.content is field 3; PredictResponse.outputs is field 3.
-        parts += map_entry(3, name, with_content(head, 3, content)).parts
-    return Encoded(parts)
+        # Tensor.content is field 3.
+        parts += map_entry(field_number, name, with_content(head, 3, content)).parts
+    return parts
 
 
-def add_servicer(
-    server: grpc.Server,
-    service: Any,
-    servicer: Any,
-    deserializers: Mapping[str, Callable[[bytes], Any]] | None = None,
-) -> None:
-    """Serve every method of `service` (a ServiceDescriptor) from `servicer`.
-
-    Like the generated add_*_to_server functions, except that:
-    - a method may return (or yield) an Encoded message as well as a message
-      object;
-    - `deserializers` may replace protobuf's parsing of some requests, by
-      method name;
-    - request bytes that do not parse reach the interceptor as Undecodable,
-      which refuses them with INVALID_ARGUMENT (gRPC would answer INTERNAL).
-    """
-    handlers = {}
-    for method in service.methods:
-        request = message_factory.GetMessageClass(method.input_type)
-        kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
-        decode = (deserializers or {}).get(method.name, request.FromString)
-        handlers[method.name] = kind(
-            getattr(servicer, method.name),
-            request_deserializer=keeping_undecodable(decode, method.input_type.name),
-            response_serializer=serialize,
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    # Registered methods skip the per-call lookup by name; grpc's stubs omit it.
-    server.add_registered_method_handlers(  # type: ignore[attr-defined]
-        service.full_name, handlers
-    )
+def predict_request(
+    model_name: str,
+    version: int,
+    inputs: Mapping[str, npt.ArrayLike],
+    output_names: Iterable[str] = (),
+) -> Encoded:
+    """Encode a kerasrpc.v1.PredictRequest (inputs are its field 3)."""
+    head = inference_service_pb2.PredictRequest(
+        model_name=model_name, version=version, output_names=list(output_names)
+    ).SerializeToString()
+    return Encoded([head, *tensor_map(3, inputs)])
 
 
-_HANDLER_KINDS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
+def predict_response(
+    model_name: str, version: int, outputs: Mapping[str, npt.ArrayLike]
+) -> Encoded:
+    """Encode a kerasrpc.v1.PredictResponse (outputs are its field 3)."""
+    head = inference_service_pb2.PredictResponse(
+        model_name=model_name, version=version
+    ).SerializeToString()
+    return Encoded([head, *tensor_map(3, outputs)])
 
 
 def serialize(response: Any) -> bytes:
-    """Serialize a response for gRPC: an Encoded one, or a message object."""
+    """Serialize a message for gRPC: an Encoded one, or a message object."""
     if isinstance(response, Encoded):
         return response.serialize()
     data: bytes = response.SerializeToString()
@@ -165,13 +143,11 @@ def serialize(response: Any) -> bytes:
 
 # Decoding ---------------------------------------------------------------------
 #
-# Parsing a request with protobuf copies each tensor's bytes into the message,
-# and reading a bytes field copies them again. Large requests are decoded here
-# instead, into views of the received bytes; anything the fast path does not
-# expect (groups, a tensor given twice in one map entry, invalid UTF-8, a
-# truncated message) goes to protobuf, which parses it or raises as usual.
+# Anything the fast path does not expect (groups, a tensor given twice in one
+# map entry, unknown fields inside a map entry, invalid UTF-8, a truncated
+# message) goes to protobuf, which parses it or raises as usual.
 
-# Requests smaller than this are parsed by protobuf: its copies cost less
+# Messages smaller than this are parsed by protobuf: its copies cost less
 # there than decoding in Python does.
 DECODE_IN_PLACE_BYTES = 64 * 1024
 
@@ -197,7 +173,7 @@ class TensorView:
 
 @dataclass
 class PredictRequestView:
-    """The fields of a PredictRequest the servicer reads, tensors as views."""
+    """The fields of a PredictRequest, its tensors views of the received bytes."""
 
     model_name: str = ""
     version: int = 0
@@ -210,6 +186,22 @@ class PredictStreamRequestView:
     """A PredictStreamRequest whose request was decoded in place."""
 
     request: PredictRequestView
+
+
+@dataclass
+class PredictResponseView:
+    """The fields of a PredictResponse, its tensors views of the received bytes."""
+
+    model_name: str = ""
+    version: int = 0
+    outputs: dict[str, TensorView] = field(default_factory=dict)
+
+
+@dataclass
+class PredictStreamResponseView:
+    """A PredictStreamResponse whose response was decoded in place."""
+
+    response: PredictResponseView
 
 
 def decode_predict_request(
@@ -238,20 +230,58 @@ def decode_predict_stream_request(
     """
     if len(data) >= in_place_from:
         try:
-            return _predict_stream_request(memoryview(data))
+            buffer = memoryview(data)
+            start, end = _only_field_1(buffer)
+            return PredictStreamRequestView(_predict_request(buffer, start, end))
         except _Unexpected:
             pass
     return inference_service_pb2.PredictStreamRequest.FromString(data)
 
 
-def _predict_stream_request(buffer: memoryview) -> PredictStreamRequestView:
-    request = None
+def decode_predict_response(
+    data: bytes, in_place_from: int = DECODE_IN_PLACE_BYTES
+) -> inference_service_pb2.PredictResponse | PredictResponseView:
+    """Deserialize a PredictResponse, like decode_predict_request.
+
+    Raises:
+        DecodeError: `data` is not a PredictResponse.
+    """
+    if len(data) >= in_place_from:
+        try:
+            return _predict_response(memoryview(data), 0, len(data))
+        except _Unexpected:
+            pass
+    return inference_service_pb2.PredictResponse.FromString(data)
+
+
+def decode_predict_stream_response(
+    data: bytes, in_place_from: int = DECODE_IN_PLACE_BYTES
+) -> inference_service_pb2.PredictStreamResponse | PredictStreamResponseView:
+    """Deserialize a PredictStreamResponse, like decode_predict_request.
+
+    Raises:
+        DecodeError: `data` is not a PredictStreamResponse.
+    """
+    if len(data) >= in_place_from:
+        try:
+            buffer = memoryview(data)
+            start, end = _only_field_1(buffer)
+            return PredictStreamResponseView(_predict_response(buffer, start, end))
+        except _Unexpected:
+            pass
+    return inference_service_pb2.PredictStreamResponse.FromString(data)
+
+
+def _only_field_1(buffer: memoryview) -> tuple[int, int]:
+    """Return the bounds of a stream wrapper's one message field (number 1)."""
+    bounds = (0, 0)
+    seen = False
     for number, wire_type, start, end in _fields(buffer, 0, len(buffer)):
         if number == 1:
-            if wire_type != _LENGTH_DELIMITED or request is not None:
+            if wire_type != _LENGTH_DELIMITED or seen:
                 raise _Unexpected  # a repeated message field merges
-            request = _predict_request(buffer, start, end)
-    return PredictStreamRequestView(request or PredictRequestView())
+            bounds, seen = (start, end), True
+    return bounds
 
 
 def _predict_request(buffer: memoryview, start: int, end: int) -> PredictRequestView:
@@ -262,14 +292,27 @@ def _predict_request(buffer: memoryview, start: int, end: int) -> PredictRequest
         elif number == 2:
             request.version = _int64(wire_type, value)
         elif number == 3:
-            name, tensor = _input_entry(buffer, wire_type, value, value_end)
+            name, tensor = _tensor_entry(buffer, wire_type, value, value_end)
             request.inputs[name] = tensor
         elif number == 4:
             request.output_names.append(_text(buffer, wire_type, value, value_end))
     return request
 
 
-def _input_entry(
+def _predict_response(buffer: memoryview, start: int, end: int) -> PredictResponseView:
+    response = PredictResponseView()
+    for number, wire_type, value, value_end in _fields(buffer, start, end):
+        if number == 1:
+            response.model_name = _text(buffer, wire_type, value, value_end)
+        elif number == 2:
+            response.version = _int64(wire_type, value)
+        elif number == 3:
+            name, tensor = _tensor_entry(buffer, wire_type, value, value_end)
+            response.outputs[name] = tensor
+    return response
+
+
+def _tensor_entry(
     buffer: memoryview, wire_type: int, start: int, end: int
 ) -> tuple[str, TensorView]:
     if wire_type != _LENGTH_DELIMITED:
