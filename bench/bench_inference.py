@@ -10,7 +10,10 @@ The server runs as a `kerasrpc serve` child process; clients run here.
   (b) 16 concurrent client processes sending batch-1 requests, batching on
       (the defaults) against off (batch_max_size=1): requests/s, p50, p99
       (target: >= 4x the requests/s);
-  (c) the server's resident memory over many Predict calls (flat).
+  (c) the server's resident memory over many Predict calls (flat);
+  (d) large batches (4 and 32 MiB of inputs) through Client.predict, which
+      encodes arrays once and decodes large responses in place, against
+      protobuf messages built and parsed by the generated stub (no target).
 
 Part (a) is reported twice: calls interleaved one by one, and in blocks of
 ten back-to-back calls of each kind.
@@ -215,6 +218,38 @@ def added_time(
     }
 
 
+def large_batches(address: str, rows: int, repeats: int) -> dict[str, float]:
+    """Part (d): a large batch through Client.predict against protobuf messages.
+
+    Both send the same arrays to the same server and return the outputs as
+    arrays. Client.predict encodes each array once and decodes a large
+    response in place; the baseline builds and parses protobuf messages, as
+    a client using the generated stub alone would.
+    """
+    from kerasrpc.client.client import decode_outputs, predict_request
+
+    x = np.random.default_rng(0).normal(size=(rows, 2, 8)).astype("float32")
+    with client(address) as connected:
+        medians = interleaved_medians(
+            {
+                "client": lambda: connected.predict(MODEL, x),
+                "messages": lambda: decode_outputs(
+                    connected.inference.Predict(
+                        predict_request(MODEL, x, 0, []), timeout=120
+                    )
+                ),
+            },
+            repeats,
+        )
+    return {
+        "rows": float(rows),
+        "request_mib": x.nbytes / 2**20,
+        "client_ms": medians["client"] * 1e3,
+        "messages_ms": medians["messages"] * 1e3,
+        "speedup": medians["messages"] / medians["client"],
+    }
+
+
 # (b) ---------------------------------------------------------------------------
 
 
@@ -327,6 +362,8 @@ def main() -> None:
             on = concurrent_clients(address, args.clients, args.seconds)
             report("(b) batching on", on)
             report("(c) server memory", resident_memory(address, pid, args.calls))
+            for rows in (65_536, 524_288):
+                report(f"(d) batch-{rows}", large_batches(address, rows, 10))
         with serve(state, args.device, *threads, "--batch-max-size", "1") as (
             address,
             _,
