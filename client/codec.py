@@ -272,6 +272,33 @@ def decode_predict_stream_response(
     return inference_service_pb2.PredictStreamResponse.FromString(data)
 
 
+def split_bytes_field(
+    data: bytes, field_number: int
+) -> tuple[bytes, list[memoryview]] | None:
+    """Take a top-level repeated bytes field out of a serialized message.
+
+    Returns the message without that field, to parse with protobuf (its
+    other fields are small), and the field's values in order, as views of
+    `data`; None when the encoding is one to leave to protobuf whole.
+    """
+    buffer = memoryview(data)
+    kept: list[memoryview] = []
+    values: list[memoryview] = []
+    field_start = 0
+    try:
+        for number, wire_type, start, end in _fields(buffer, 0, len(buffer)):
+            if number == field_number:
+                if wire_type != _LENGTH_DELIMITED:
+                    raise _Unexpected
+                values.append(buffer[start:end])
+            else:
+                kept.append(buffer[field_start:end])
+            field_start = end
+    except _Unexpected:
+        return None
+    return b"".join(kept), values
+
+
 def _only_field_1(buffer: memoryview) -> tuple[int, int]:
     """Return the bounds of a stream wrapper's one message field (number 1)."""
     bounds = (0, 0)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kerasrpc.client import Client
+from kerasrpc.service.compat.open_inference import InferRequest, decode_infer_request
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.inference_models import Stored, store, unique
+from tests.inference_models import Stored, example_inputs, store, unique
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -81,11 +86,14 @@ def test_model_metadata_lists_inputs_outputs_and_versions(
     assert [t.name for t in metadata.outputs] == ["first", "second"]
 
 
+# 4,000 examples make each request larger than the size from which the
+# server keeps raw inputs in the received bytes (decode_infer_request).
+@pytest.mark.parametrize("batch", [4, 4000])
 @pytest.mark.parametrize("style", ["sequential", "functional", "embedding"])
 def test_infer_with_raw_inputs_equals_the_model_in_process(
-    triton_client: Any, stored: dict[str, Stored], style: str
+    triton_client: Any, stored: dict[str, Stored], style: str, batch: int
 ) -> None:
-    model = stored[style]
+    model = dataclasses.replace(stored[style], inputs=example_inputs(style, batch))
     inputs = [triton_input(name, value) for name, value in model.inputs.items()]
 
     result = triton_client.infer(model.name, inputs, request_id="r-1")
@@ -95,6 +103,70 @@ def test_infer_with_raw_inputs_equals_the_model_in_process(
     assert response.model_version == str(model.version)
     for name, value in model.expected().items():
         np.testing.assert_allclose(result.as_numpy(name), value, **TOLERANCE)
+
+
+def raw_infer_request(
+    raw: list[bytes], parameters: dict[str, str]
+) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="m", model_version="2", id="q")
+    for key, value in parameters.items():
+        request.parameters[key].string_param = value
+    for index, content in enumerate(raw):
+        request.inputs.add(name=f"in{index}", datatype="UINT8", shape=[len(content)])
+        request.raw_input_contents.append(content)
+    return request
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    raw=st.lists(st.binary(max_size=200), max_size=4),
+    parameters=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+)
+def test_raw_inputs_stay_in_the_received_bytes_and_the_rest_parses_the_same(
+    raw: list[bytes], parameters: dict[str, str]
+) -> None:
+    request = raw_infer_request(raw, parameters)
+    data = request.SerializeToString()
+
+    decoded = decode_infer_request(data, in_place_from=0)
+
+    assert isinstance(decoded, InferRequest)
+    assert [bytes(view) for view in decoded.raw_input_contents] == raw
+    assert all(view.obj is data for view in decoded.raw_input_contents if view)
+    without_raw = service_pb2.ModelInferRequest()
+    without_raw.CopyFrom(request)
+    del without_raw.raw_input_contents[:]
+    assert decoded.message == without_raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    raw=st.lists(st.binary(max_size=50), min_size=1, max_size=3),
+    position=st.integers(0, 1000),
+    byte=st.integers(0, 255),
+)
+def test_corrupted_infer_requests_fail_or_parse_as_protobuf_does(
+    raw: list[bytes], position: int, byte: int
+) -> None:
+    data = bytearray(raw_infer_request(raw, {"k": "v"}).SerializeToString())
+    data[position % len(data)] = byte
+    corrupted = bytes(data)
+    try:
+        parsed = service_pb2.ModelInferRequest.FromString(corrupted)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            decode_infer_request(corrupted, in_place_from=0)
+        return
+    decoded = decode_infer_request(corrupted, in_place_from=0)
+    if isinstance(decoded, InferRequest):
+        contents = [bytes(view) for view in decoded.raw_input_contents]
+        message = decoded.message
+    else:
+        contents, message = list(decoded.raw_input_contents), decoded
+    assert contents == list(parsed.raw_input_contents)
+    del parsed.raw_input_contents[:]
+    del message.raw_input_contents[:]
+    assert message == parsed
 
 
 def test_infer_with_typed_contents_and_chosen_outputs(

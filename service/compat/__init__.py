@@ -15,7 +15,10 @@ TF_SERVING_SERVICE = "tensorflow.serving.PredictionService"
 
 def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
     """Add the compatibility servicers to `server`; return their full names."""
-    from kerasrpc.service.compat.open_inference import OpenInferenceServicer
+    from kerasrpc.service.compat.open_inference import (
+        OpenInferenceServicer,
+        decode_infer_request,
+    )
     from kerasrpc.service.compat.tf_serving import TfServingServicer
     from kerasrpc.service.registration import add_servicer
     from tensorflow_serving.apis import prediction_service_pb2
@@ -25,6 +28,7 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         server,
         service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         OpenInferenceServicer(app),
+        {"ModelInfer": decode_infer_request},
     )
     add_servicer(
         server,

@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,6 +32,7 @@ logger = logging.getLogger("kerasrpc.service.compat")
 
 Array = npt.NDArray[Any]
 PROTOCOL = "open_inference"
+RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
 PLATFORM = "keras"
 
 # The protocol's datatype names and the tensor dtypes they stand for.
@@ -134,14 +136,20 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
         )
 
     def ModelInfer(  # noqa: N802
-        self, request: service_pb2.ModelInferRequest, context: grpc.ServicerContext
+        self,
+        received: service_pb2.ModelInferRequest | InferRequest,
+        context: grpc.ServicerContext,
     ) -> codec.Encoded:
         """Predict one batch and return the outputs as raw bytes."""
+        if isinstance(received, InferRequest):
+            request, raw = received.message, received.raw_input_contents
+        else:
+            request, raw = received, list(received.raw_input_contents)
         with self._app.inference.counting_refusals(PROTOCOL):
             if not request.model_name:
                 raise InvalidArgument.field("model_name", "required")
             version = parse_version(request.model_version, "model_version")
-            inputs = decode_inputs(request)
+            inputs = decode_inputs(request, raw)
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             request.model_name,
@@ -169,16 +177,47 @@ def parse_version(text: str, field: str) -> int:
     return int(text)
 
 
-def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, Array]:
+@dataclass
+class InferRequest:
+    """A ModelInferRequest whose raw inputs were taken out before parsing."""
+
+    message: service_pb2.ModelInferRequest
+    raw_input_contents: list[memoryview]
+
+
+def decode_infer_request(
+    data: bytes, in_place_from: int = codec.DECODE_IN_PLACE_BYTES
+) -> service_pb2.ModelInferRequest | InferRequest:
+    """Deserialize a ModelInferRequest; a large one's raw inputs as views of `data`.
+
+    Protobuf parses everything but raw_input_contents (field 7), which stays
+    in the received bytes instead of being copied into the message.
+
+    Raises:
+        DecodeError: `data` is not a ModelInferRequest.
+    """
+    if len(data) >= in_place_from:
+        split = codec.split_bytes_field(data, RAW_INPUT_CONTENTS)
+        if split is not None:
+            rest, raw = split
+            return InferRequest(service_pb2.ModelInferRequest.FromString(rest), raw)
+    return service_pb2.ModelInferRequest.FromString(data)
+
+
+def decode_inputs(
+    request: service_pb2.ModelInferRequest,
+    raw: Sequence[bytes | memoryview] | None = None,
+) -> dict[str, Array]:
     """Decode the request's inputs, raw or typed, into arrays by name.
+
+    Args:
+        request: the request.
+        raw: its raw_input_contents, when they were taken out of it.
 
     Raises:
         InvalidArgument: naming the input at fault.
     """
-    # TODO: protobuf parses these requests, so each raw input is copied twice
-    # (into the message, then when read) before it is decoded; kerasrpc's own
-    # Predict decodes large requests in place (codec.decode_predict_request).
-    raw = list(request.raw_input_contents)
+    raw = list(request.raw_input_contents) if raw is None else list(raw)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument.field(
             "raw_input_contents",
@@ -199,7 +238,7 @@ def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, Array]:
 
 def _decode(
     tensor: service_pb2.ModelInferRequest.InferInputTensor,
-    raw: bytes | None,
+    raw: bytes | memoryview | None,
     index: int,
 ) -> Array:
     where = f"inputs[{index}]"
@@ -228,7 +267,11 @@ def _dtype(datatype: str, field: str) -> np.dtype[Any]:
 
 
 def _from_raw(
-    raw: bytes, dtype: np.dtype[Any], shape: tuple[int, ...], count: int, field: str
+    raw: bytes | memoryview,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    count: int,
+    field: str,
 ) -> Array:
     expected = count * dtype.itemsize
     if len(raw) != expected:
