@@ -299,6 +299,71 @@ def split_bytes_field(
     return b"".join(kept), values
 
 
+def take_map_contents(
+    data: bytes, map_field: int, content_field: int
+) -> tuple[bytes, dict[str, memoryview]] | None:
+    """Take a bytes field out of each value of a top-level map<string, message>.
+
+    Returns the message without those fields, to parse with protobuf, and the
+    fields' values by map key, as views of `data`; None when the encoding is
+    one to leave to protobuf whole.
+    """
+    buffer = memoryview(data)
+    parts: list[Part] = []
+    contents: dict[str, memoryview] = {}
+    field_start = 0
+    try:
+        for number, wire_type, start, end in _fields(buffer, 0, len(buffer)):
+            if number != map_field:
+                parts.append(buffer[field_start:end])
+            elif wire_type != _LENGTH_DELIMITED:
+                raise _Unexpected
+            else:
+                key, entry, content = _entry_without(buffer, start, end, content_field)
+                parts += [length_prefix(map_field, sum(map(len, entry))), *entry]
+                if content is None:
+                    contents.pop(key, None)  # the later entry wins, as in protobuf
+                else:
+                    contents[key] = content
+            field_start = end
+    except _Unexpected:
+        return None
+    return b"".join(parts), contents
+
+
+def _entry_without(
+    buffer: memoryview, start: int, end: int, content_field: int
+) -> tuple[str, list[Part], memoryview | None]:
+    """Re-encode a map entry without its value's `content_field`; return that too."""
+    name = ""
+    key = memoryview(b"")
+    value: tuple[int, int] | None = None
+    for number, wire_type, value_start, value_end in _fields(buffer, start, end):
+        if number == 1:
+            name = _text(buffer, wire_type, value_start, value_end)
+            key = buffer[value_start:value_end]
+        elif number == 2 and wire_type == _LENGTH_DELIMITED and value is None:
+            value = (value_start, value_end)
+        else:
+            raise _Unexpected  # protobuf merges or keeps such entries out
+    entry: list[Part] = [length_prefix(1, len(key)), key]
+    if value is None:
+        return name, entry, None
+    rest: list[Part] = []
+    content = None
+    field_start = value[0]
+    for number, wire_type, value_start, value_end in _fields(buffer, *value):
+        if number == content_field:
+            if wire_type != _LENGTH_DELIMITED or content is not None:
+                raise _Unexpected
+            content = buffer[value_start:value_end]
+        else:
+            rest.append(buffer[field_start:value_end])
+        field_start = value_end
+    entry += [length_prefix(2, sum(map(len, rest))), *rest]
+    return name, entry, content
+
+
 def _only_field_1(buffer: memoryview) -> tuple[int, int]:
     """Return the bounds of a stream wrapper's one message field (number 1)."""
     bounds = (0, 0)

@@ -276,13 +276,16 @@ def tf_request(name: str, inputs: dict[str, np.ndarray], version: int = 0) -> An
     return request
 
 
+# 4,000 examples make each request larger than the size from which the
+# server keeps tensor_content in the received bytes (decode_predict_request).
+@pytest.mark.parametrize("batch", [4, 4000])
 @pytest.mark.parametrize("style", ["sequential", "functional", "embedding"])
 def test_tf_serving_predict_equals_the_model_in_process(
-    channel: grpc.Channel, stored: dict[str, Stored], style: str
+    channel: grpc.Channel, stored: dict[str, Stored], style: str, batch: int
 ) -> None:
     import tensorflow as tf
 
-    model = stored[style]
+    model = dataclasses.replace(stored[style], inputs=example_inputs(style, batch))
 
     response = tf_serving(channel).Predict(
         tf_request(model.name, model.inputs, model.version), timeout=60
@@ -477,3 +480,91 @@ def test_open_inference_non_ascii_digit_versions_are_refused(
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "model_version" in raised.value.details()
+
+
+def tf_serving_request(
+    contents: dict[str, bytes], typed: dict[str, list[float]], filters: list[str]
+) -> Any:
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest(output_filter=filters)
+    request.model_spec.name = "m"
+    request.model_spec.version.value = 3
+    for name, content in contents.items():
+        request.inputs[name].CopyFrom(
+            tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_content=content)
+        )
+        request.inputs[name].tensor_shape.dim.add(size=len(content))
+    for name, values in typed.items():
+        request.inputs[name].CopyFrom(
+            tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+        )
+    return request
+
+
+names = st.text(max_size=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    contents=st.dictionaries(names, st.binary(max_size=100), max_size=3),
+    typed=st.dictionaries(names, st.lists(st.floats(width=32), max_size=4), max_size=2),
+    filters=st.lists(names, max_size=2),
+)
+def test_tf_serving_contents_stay_in_the_received_bytes_and_the_rest_parses_the_same(
+    contents: dict[str, bytes], typed: dict[str, list[float]], filters: list[str]
+) -> None:
+    from kerasrpc.service.compat.tf_serving import (
+        SplitPredictRequest,
+        decode_predict_request,
+    )
+
+    request = tf_serving_request(contents, typed, filters)
+    data = request.SerializeToString()
+
+    decoded = decode_predict_request(data, in_place_from=0)
+
+    assert isinstance(decoded, SplitPredictRequest)
+    expected_contents = {
+        name: tensor.tensor_content
+        for name, tensor in request.inputs.items()
+        if tensor.tensor_content
+    }
+    got = {name: bytes(view) for name, view in decoded.tensor_contents.items() if view}
+    assert got == expected_contents
+    for name in request.inputs:
+        request.inputs[name].ClearField("tensor_content")
+    assert decoded.message == request
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    contents=st.dictionaries(names, st.binary(max_size=40), min_size=1, max_size=3),
+    position=st.integers(0, 1000),
+    byte=st.integers(0, 255),
+)
+def test_corrupted_tf_serving_requests_fail_or_parse_as_protobuf_does(
+    contents: dict[str, bytes], position: int, byte: int
+) -> None:
+    from kerasrpc.service.compat.tf_serving import (
+        SplitPredictRequest,
+        decode_predict_request,
+    )
+    from tensorflow_serving.apis import predict_pb2
+
+    data = bytearray(tf_serving_request(contents, {}, ["o"]).SerializeToString())
+    data[position % len(data)] = byte
+    corrupted = bytes(data)
+    try:
+        parsed = predict_pb2.PredictRequest.FromString(corrupted)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            decode_predict_request(corrupted, in_place_from=0)
+        return
+    decoded = decode_predict_request(corrupted, in_place_from=0)
+    if isinstance(decoded, SplitPredictRequest):
+        for name, view in decoded.tensor_contents.items():
+            decoded.message.inputs[name].tensor_content = bytes(view)
+        decoded = decoded.message
+    assert decoded == parsed

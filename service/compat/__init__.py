@@ -19,7 +19,10 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         OpenInferenceServicer,
         decode_infer_request,
     )
-    from kerasrpc.service.compat.tf_serving import TfServingServicer
+    from kerasrpc.service.compat.tf_serving import (
+        TfServingServicer,
+        decode_predict_request,
+    )
     from kerasrpc.service.registration import add_servicer
     from tensorflow_serving.apis import prediction_service_pb2
     from tritonclient.grpc import service_pb2
@@ -34,5 +37,6 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         server,
         prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
         TfServingServicer(app),
+        {"Predict": decode_predict_request},
     )
     return [OPEN_INFERENCE_SERVICE, TF_SERVING_SERVICE]

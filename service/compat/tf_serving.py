@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
 Array = npt.NDArray[Any]
+INPUTS, TENSOR_CONTENT = 2, 4  # PredictRequest.inputs, TensorProto.tensor_content
 PROTOCOL = "tf_serving"
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -48,12 +50,20 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
         self._app = app
 
     def Predict(  # noqa: N802 - the protocol's method names
-        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+        self,
+        received: predict_pb2.PredictRequest | SplitPredictRequest,
+        context: grpc.ServicerContext,
     ) -> codec.Encoded:
         """Predict one batch of TensorProto inputs."""
+        if isinstance(received, SplitPredictRequest):
+            request, contents = received.message, received.tensor_contents
+        else:
+            request, contents = received, {}
         with self._app.inference.counting_refusals(PROTOCOL):
             model_name, version = model_target(request.model_spec)
-            inputs = decode_inputs(request.inputs, self._app.settings.max_message_bytes)
+            inputs = decode_inputs(
+                request.inputs, self._app.settings.max_message_bytes, contents
+            )
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
             model_name,
@@ -126,8 +136,38 @@ def model_target(spec: model_pb2.ModelSpec) -> tuple[str, int]:
     return spec.name, version
 
 
+@dataclass
+class SplitPredictRequest:
+    """A PredictRequest whose inputs' tensor_content was taken out before parsing."""
+
+    message: predict_pb2.PredictRequest
+    tensor_contents: dict[str, memoryview]
+
+
+def decode_predict_request(
+    data: bytes, in_place_from: int = codec.DECODE_IN_PLACE_BYTES
+) -> predict_pb2.PredictRequest | SplitPredictRequest:
+    """Deserialize a PredictRequest; a large one's tensor_content as views of `data`.
+
+    Protobuf parses everything but the inputs' tensor_content, which stays in
+    the received bytes instead of being copied into the message.
+
+    Raises:
+        DecodeError: `data` is not a PredictRequest.
+    """
+    if len(data) >= in_place_from:
+        split = codec.take_map_contents(data, INPUTS, TENSOR_CONTENT)
+        if split is not None:
+            rest, contents = split
+            message = predict_pb2.PredictRequest.FromString(rest)
+            return SplitPredictRequest(message, contents)
+    return predict_pb2.PredictRequest.FromString(data)
+
+
 def decode_inputs(
-    inputs: Mapping[str, tf_tensor_pb2.TensorProto], max_bytes: int
+    inputs: Mapping[str, tf_tensor_pb2.TensorProto],
+    max_bytes: int,
+    contents: Mapping[str, memoryview] | None = None,
 ) -> dict[str, Array]:
     """Decode TensorProto inputs into arrays by name.
 
@@ -136,6 +176,7 @@ def decode_inputs(
         max_bytes: the message size limit; a tensor whose decoded size
             exceeds twice this (the most a message of that size can hold)
             is refused before anything is allocated.
+        contents: tensor_content taken out of the inputs, by input name.
 
     Raises:
         InvalidArgument: naming each input that is not a numeric tensor, or
@@ -145,7 +186,8 @@ def decode_inputs(
     violations: list[FieldViolation] = []
     for name, proto in inputs.items():
         try:
-            arrays[name] = _to_array(proto, max_bytes)
+            taken = (contents or {}).get(name)
+            arrays[name] = _to_array(proto, max_bytes, taken)
         except (TypeError, ValueError) as error:
             violations.append(FieldViolation(f"inputs[{name}]", str(error)))
     if violations:
@@ -153,10 +195,12 @@ def decode_inputs(
     return arrays
 
 
-def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
-    """Decode one TensorProto; packed tensor_content is read with one copy."""
-    # TODO: protobuf parses the request, a second copy of tensor_content;
-    # kerasrpc's own Predict decodes large requests in place.
+def _to_array(
+    proto: tf_tensor_pb2.TensorProto,
+    max_bytes: int,
+    taken_content: memoryview | None = None,
+) -> Array:
+    """Decode one TensorProto; tensor_content taken out of it is read in place."""
     dtype = tf.dtypes.as_dtype(proto.dtype)
     if dtype == tf.string or dtype.is_quantized or dtype.is_complex:
         raise ValueError(f"expected a numeric dtype, received {dtype.name}")
@@ -172,7 +216,8 @@ def _to_array(proto: tf_tensor_pb2.TensorProto, max_bytes: int) -> Array:
             f"expected at most {2 * max_bytes} bytes once decoded, received "
             f"shape {shape} of {dtype.name} ({expected} bytes)"
         )
-    content = proto.tensor_content  # each read of a bytes field copies it
+    # Reading a message's bytes field copies it; taken content is a view.
+    content = proto.tensor_content if taken_content is None else taken_content
     if not content:
         return np.asarray(tf.make_ndarray(proto))
     if len(content) != expected:
