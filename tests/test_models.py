@@ -377,6 +377,32 @@ def test_saved_model_export_is_callable_by_tensorflow(
     np.testing.assert_allclose(loaded.serve(X).numpy(), expected, rtol=1e-6)
 
 
+def test_saved_model_exports_beyond_the_limit_are_refused_until_one_ends(
+    server: Any, client: Client, tmp_path: Path
+) -> None:
+    from kerasrpc.service.registry.registry import SAVED_MODEL_EXPORTS_AT_ONCE
+
+    name = unique("limited")
+    client.create_model(name, dense_spec())
+    saved_model = model_service_pb2.EXPORT_FORMAT_SAVED_MODEL
+    slots = server.app.registry.saved_model_exports
+    for _ in range(SAVED_MODEL_EXPORTS_AT_ONCE):  # as if that many were running
+        slots.acquire()
+    try:
+        with pytest.raises(KerasRpcError) as refused:
+            client.export_model(name, tmp_path / "a.zip", format=saved_model)
+        keras_file = client.export_model(name, tmp_path / "a.keras")
+    finally:
+        for _ in range(SAVED_MODEL_EXPORTS_AT_ONCE):
+            slots.release()
+    archive = client.export_model(name, tmp_path / "b.zip", format=saved_model)
+
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "SavedModel exports are running" in refused.value.message
+    assert keras_file.stat().st_size > 0
+    assert zipfile.is_zipfile(archive)
+
+
 def test_export_streams_size_and_file_name_first(channel: grpc.Channel) -> None:
     name = unique("stream")
     Client(channel=channel).create_model(name, dense_spec())

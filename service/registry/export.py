@@ -12,8 +12,16 @@ from pathlib import Path
 from types import TracebackType
 
 import keras
-from kerasrpc.service.errors import FailedPrecondition, InvalidArgument, NotFound
-from kerasrpc.service.registry.registry import ModelRegistry
+from kerasrpc.service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from kerasrpc.service.registry.registry import (
+    SAVED_MODEL_EXPORTS_AT_ONCE,
+    ModelRegistry,
+)
 from kerasrpc.v1 import model_service_pb2, tensor_pb2
 
 logger = logging.getLogger("kerasrpc.service.registry")
@@ -102,10 +110,24 @@ def _keras_copy(model_name: str, version: int, source: Path, folder: Path) -> Pa
     return target
 
 
-# TODO: SavedModel exports run without a concurrency limit; many at once
-# each trace a private copy of their model, which can take much memory and
-# CPU away from predictions.
 def _saved_model_zip(
+    registry: ModelRegistry, model_name: str, version: int, folder: Path
+) -> Path:
+    # Each SavedModel export traces a private copy of its model: more at once
+    # would take memory and CPU away from predictions.
+    if not registry.saved_model_exports.acquire(blocking=False):
+        raise ResourceExhausted(
+            f"{SAVED_MODEL_EXPORTS_AT_ONCE} SavedModel exports are running, the "
+            "server's limit; retry later, or export the .keras file, which is "
+            "not limited"
+        )
+    try:
+        return _export_saved_model(registry, model_name, version, folder)
+    finally:
+        registry.saved_model_exports.release()
+
+
+def _export_saved_model(
     registry: ModelRegistry, model_name: str, version: int, folder: Path
 ) -> Path:
     model = registry.read_model(model_name, version)

@@ -70,6 +70,10 @@ class LoadedVersion:
     outputs: list[tensor_pb2.TensorSpec]
 
 
+# SavedModel exports that may run at once; more are refused as RESOURCE_EXHAUSTED.
+SAVED_MODEL_EXPORTS_AT_ONCE = 2
+
+
 class ModelRegistry:
     """Store model versions under `root` and load them for serving.
 
@@ -88,6 +92,10 @@ class ModelRegistry:
         self.metrics = metrics
         self._store = Store(root)
         self._lock = threading.Lock()
+        # Taken by each SavedModel export while it runs (see export.py).
+        self.saved_model_exports = threading.BoundedSemaphore(
+            SAVED_MODEL_EXPORTS_AT_ONCE
+        )
         self._models, self._retired = self._store.open()
         self._cache: ByteBoundedLru[Key, LoadedVersion] = ByteBoundedLru(cache_bytes)
         self._loading: dict[Key, Pending[LoadedVersion]] = {}
