@@ -448,3 +448,29 @@ def test_requests_whose_tensors_do_not_decode_are_counted_unresolved(
     assert "expected 64 bytes" in str(raised.value.details())
     after = sample(server, "kerasrpc_predict_requests_total", unresolved)
     assert after == before + 1
+
+
+def test_a_version_evicted_from_memory_is_let_go_and_reloaded_on_demand(
+    start_server: Any, tmp_path: Path
+) -> None:
+    import gc
+    import weakref
+
+    # Room for one version of the reference model's weights (about 3.6 kB).
+    running = start_server(model_cache_bytes=5000)
+    name = unique("evicted")
+    with Client(running.address, timeout=60) as client:
+        first = store(client, tmp_path, "sequential", name=name)
+        second = store(client, tmp_path, "sequential", name=name)
+        client.predict(name, first.inputs, version=first.version)
+        loaded_first = weakref.ref(running.app.registry.load(name, first.version).model)
+
+        client.predict(name, second.inputs, version=second.version)  # evicts it
+        deadline = time.monotonic() + 20
+        while loaded_first() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
+        again = client.predict(name, first.inputs, version=first.version)
+
+    assert loaded_first() is None
+    np.testing.assert_allclose(again["scores"], first.expected()["scores"], **TOLERANCE)

@@ -107,6 +107,7 @@ class Batcher:
         self._lock = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._retiring = False
 
     def run(self, request: PendingRequest) -> dict[str, Array]:
         """Compute `request`, merged with others when it is small; return its outputs.
@@ -132,6 +133,16 @@ class Batcher:
         for request in left:
             request.finish(None, Unavailable("the server is shutting down"))
         self._hooks.queue_depth(-len(left))
+
+    def retire(self) -> None:
+        """Let the worker finish the requests queued now, then exit at once.
+
+        For a version that left memory: its worker would otherwise keep the
+        model for another idle period. Requests still submitted are served.
+        """
+        with self._lock:
+            self._retiring = True
+            self._lock.notify()
 
     def _run_alone(self, request: PendingRequest) -> dict[str, Array]:
         error = request.dead_error(time.monotonic())
@@ -204,7 +215,8 @@ class Batcher:
 
     def _wait_for_work(self) -> bool:
         while not self._queue:
-            if self._closed:
+            if self._closed or self._retiring:
+                self._worker = None
                 return False
             if not self._lock.wait(self._idle_exit_seconds) and not self._queue:
                 self._worker = None

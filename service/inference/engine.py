@@ -72,6 +72,7 @@ class InferenceEngine:
         self._compile_locks: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
         self._closed = False
+        registry.add_unload_listener(self._unloaded)
 
     def predict(
         self,
@@ -227,11 +228,20 @@ class InferenceEngine:
             on_idle=self._forget,
         )
 
+    def _unloaded(self, model_name: str, version: int) -> None:
+        """Let go of a version the registry evicted or deleted.
+
+        Requests already running or queued on it finish; the next request
+        loads it again (or finds it deleted).
+        """
+        with self._lock:
+            served = self._served.pop((model_name, version), None)
+            self._compile_locks.pop((model_name, version), None)
+        if served is not None:
+            served.batcher.retire()
+
     def _forget(self, batcher: Batcher) -> None:
         """Drop an idle batcher, releasing its model for the registry's cache."""
-        # TODO: a version evicted from the registry's cache stays in memory
-        # until its batcher has been idle for IDLE_EXIT_SECONDS, so memory can
-        # exceed model_cache_bytes for that long under churn of many versions.
         with self._lock:
             for key, served in list(self._served.items()):
                 if served.batcher is batcher:

@@ -9,7 +9,7 @@ import re
 import shutil
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,7 @@ class ModelRegistry:
         self.metrics = metrics
         self._store = Store(root)
         self._lock = threading.Lock()
+        self._unload_listeners: list[Callable[[str, int], None]] = []
         # Taken by each SavedModel export while it runs (see export.py).
         self.saved_model_exports = threading.BoundedSemaphore(
             SAVED_MODEL_EXPORTS_AT_ONCE
@@ -402,6 +403,19 @@ class ModelRegistry:
         )
         return _unloadable(record)
 
+    def add_unload_listener(self, listener: Callable[[str, int], None]) -> None:
+        """Call `listener(model_name, version)` whenever a version leaves memory.
+
+        That is when it is evicted to make room, or deleted; holders of its
+        loaded copy should then let it go.
+        """
+        self._unload_listeners.append(listener)
+
+    def _unloaded(self, keys: list[Key]) -> None:
+        for model_name, version in keys:
+            for listener in self._unload_listeners:
+                listener(model_name, version)
+
     def _cache_loaded(
         self, record: VersionRecord, loaded: LoadedVersion, size: int
     ) -> None:
@@ -427,6 +441,7 @@ class ModelRegistry:
             )
         for name, number in evicted:
             logger.info("unloaded version %s of %r to make room", number, name)
+        self._unloaded(evicted)
 
     def _update_gauges(self) -> None:
         keys = self._cache.keys()
@@ -450,6 +465,7 @@ class ModelRegistry:
             self._update_gauges()
             self._store.discard_model(model_name, model.last_version)
         logger.info("deleted model %r", model_name)
+        self._unloaded([(model_name, number) for number in model.versions])
 
     def delete_version(self, model_name: str, version: int) -> None:
         """Delete one version. Loaded copies in use keep working.
@@ -466,6 +482,7 @@ class ModelRegistry:
             self._update_gauges()
             self._store.discard_version(model_name, record.version)
         logger.info("deleted version %s of %r", version, model_name)
+        self._unloaded([(model_name, record.version)])
 
     def close(self) -> None:
         """Unload every version."""
