@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import grpc
 import numpy as np
 import pytest
 from kerasrpc.client import Client, KerasRpcError
+from kerasrpc.client.tensors import to_array
+from kerasrpc.v1 import inference_service_pb2
 
 from tests.inference_models import (
     BUILDERS,
@@ -474,3 +477,104 @@ def test_a_version_evicted_from_memory_is_let_go_and_reloaded_on_demand(
 
     assert loaded_first() is None
     np.testing.assert_allclose(again["scores"], first.expected()["scores"], **TOLERANCE)
+
+
+def stream_requests(
+    name: str, batches: list[dict[str, np.ndarray]]
+) -> list[inference_service_pb2.PredictStreamRequest]:
+    """Build a stream's messages, each naming the model."""
+    from kerasrpc.client.client import predict_request
+
+    return [
+        inference_service_pb2.PredictStreamRequest(
+            request=predict_request(name, batch, 0, [])
+        )
+        for batch in batches
+    ]
+
+
+def test_a_stream_that_waits_for_each_answer_before_sending_on_is_served(
+    client: Client, tmp_path: Path
+) -> None:
+    import queue
+
+    stored = store(client, tmp_path, "sequential")
+    batches = [example_inputs("sequential", n) for n in (1, 3, 2, 5)]
+    answered: queue.Queue[None] = queue.Queue()
+
+    def one_at_a_time() -> Iterator[inference_service_pb2.PredictStreamRequest]:
+        for message in stream_requests(stored.name, batches):
+            yield message
+            answered.get(timeout=30)  # the server must answer before the next
+
+    outputs = []
+    for response in client.inference.PredictStream(one_at_a_time(), timeout=60):
+        outputs.append(to_array(response.response.outputs["scores"]))
+        answered.put(None)
+
+    for batch, got in zip(batches, outputs, strict=True):
+        np.testing.assert_allclose(got, stored.model(batch["features"]), **TOLERANCE)
+
+
+def test_a_stream_answers_the_messages_before_a_bad_one_then_names_it(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    good = example_inputs("sequential", 2)
+    bad = {"features": np.zeros((2, 3, 8), "float32")}
+    messages = stream_requests(stored.name, [good, good, bad, good])
+
+    received: list[Any] = []
+    call = client.inference.PredictStream(iter(messages), timeout=60)
+    with pytest.raises(grpc.RpcError) as raised:
+        received.extend(call)
+
+    assert len(received) == 2
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stream message 2" in raised.value.details()
+
+
+def test_small_batches_of_one_stream_are_merged(
+    server: Any, client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    messages = stream_requests(
+        stored.name, [example_inputs("sequential", 1) for _ in range(40)]
+    )
+    passes = {"model": stored.name}
+    before = sample(server, "kerasrpc_predict_batch_size_count", passes)
+
+    answers = list(client.inference.PredictStream(iter(messages), timeout=60))
+
+    assert len(answers) == 40
+    forward_passes = (
+        sample(server, "kerasrpc_predict_batch_size_count", passes) - before
+    )
+    assert forward_passes < 40
+
+
+def test_a_cancelled_stream_leaves_no_threads_behind(
+    client: Client, tmp_path: Path
+) -> None:
+    stored = store(client, tmp_path, "sequential")
+    batch = example_inputs("sequential", 1)
+
+    def endless() -> Iterator[inference_service_pb2.PredictStreamRequest]:
+        while True:
+            yield from stream_requests(stored.name, [batch])
+
+    call = client.inference.PredictStream(endless(), timeout=60)
+    for _ in zip(range(5), call, strict=False):
+        pass
+    call.cancel()
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stream_threads():
+        time.sleep(0.1)
+    assert not stream_threads()
+
+
+def stream_threads() -> list[str]:
+    return [
+        t.name for t in threading.enumerate() if t.name.startswith("kerasrpc-stream")
+    ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import grpc
@@ -17,8 +20,12 @@ if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
 PROTOCOL = "kerasrpc"
+# Messages of one PredictStream computed at once.
+STREAM_IN_FLIGHT = 4
 # Large requests arrive decoded in place (see codec.decode_predict_request).
 Request = inference_service_pb2.PredictRequest | codec.PredictRequestView
+# What the stream reader hands over: a computation, its error, or the end.
+Answer = Future[codec.Encoded] | BaseException | None
 
 
 class InferenceServicer:
@@ -48,23 +55,78 @@ class InferenceServicer:
         ],
         context: grpc.ServicerContext,
     ) -> Iterator[codec.Encoded]:
-        """Predict a stream of batches, answering each in order."""
-        # TODO: messages are computed one at a time, so one stream has a single
-        # batch in flight; a long stream of small batches runs at the speed of
-        # its round trips instead of overlapping them.
-        first: tuple[str, int] | None = None
-        for index, message in enumerate(request_iterator):
-            request = message.request
-            with self._app.inference.counting_refusals(PROTOCOL):
-                model_name, version = _stream_target(request, first, index)
+        """Predict a stream of batches, answering each in order.
+
+        A reader thread takes the stream's messages and computes up to
+        STREAM_IN_FLIGHT of them at once, so that small batches of one
+        stream merge and its round trips overlap; answers leave in order.
+        """
+        answers: queue.Queue[Answer] = queue.Queue(STREAM_IN_FLIGHT)
+        stop = threading.Event()
+        with ThreadPoolExecutor(
+            STREAM_IN_FLIGHT, thread_name_prefix="kerasrpc-stream"
+        ) as pool:
+            threading.Thread(
+                target=self._read_stream,
+                args=(request_iterator, context, pool, answers, stop),
+                name="kerasrpc-stream-reader",
+                daemon=True,
+            ).start()
             try:
-                prediction = self._predict(request, model_name, version, context)
-            except InvalidArgument as error:
-                raise _in_stream(error, index) from None
-            if first is None:
-                first = (prediction.model_name, prediction.version)
-            # PredictStreamResponse holds the PredictResponse as its field 1.
-            yield self._response(prediction).nested(1)
+                while (answer := answers.get()) is not None:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    yield answer.result()
+            finally:
+                stop.set()  # the reader stops at its next message
+
+    def _read_stream(
+        self,
+        messages: Iterator[
+            inference_service_pb2.PredictStreamRequest | codec.PredictStreamRequestView
+        ],
+        context: grpc.ServicerContext,
+        pool: ThreadPoolExecutor,
+        answers: queue.Queue[Answer],
+        stop: threading.Event,
+    ) -> None:
+        """Submit each message's prediction in turn; end with None or an error."""
+        first: tuple[str, int] | None = None
+        try:
+            for index, message in enumerate(messages):
+                if stop.is_set():
+                    return
+                request = message.request
+                with self._app.inference.counting_refusals(PROTOCOL):
+                    model_name, version = _stream_target(request, first, index)
+                if first is None:
+                    # Resolve "the latest" once, so one version answers the stream.
+                    version = self._app.inference.warm(model_name, version)
+                    first = (model_name, version)
+                future = pool.submit(
+                    self._answer, request, model_name, version, context, index
+                )
+                _hand_over(answers, future, stop)
+        except BaseException as error:
+            _hand_over(answers, error, stop)
+            return
+        _hand_over(answers, None, stop)
+
+    def _answer(
+        self,
+        request: Request,
+        model_name: str,
+        version: int,
+        context: grpc.ServicerContext,
+        index: int,
+    ) -> codec.Encoded:
+        """Predict one stream message; name the message in input errors."""
+        try:
+            prediction = self._predict(request, model_name, version, context)
+        except InvalidArgument as error:
+            raise _in_stream(error, index) from None
+        # PredictStreamResponse holds the PredictResponse as its field 1.
+        return self._response(prediction).nested(1)
 
     def _predict(
         self,
@@ -102,6 +164,18 @@ def caller_limits(
 ) -> tuple[float | None, Callable[[], bool]]:
     """Return the call's deadline (time.monotonic()) and whether it was cancelled."""
     return deadline_of(context.time_remaining()), lambda: not context.is_active()
+
+
+def _hand_over(
+    answers: queue.Queue[Answer], answer: Answer, stop: threading.Event
+) -> None:
+    """Queue an answer, waiting for room, unless the stream has ended."""
+    while not stop.is_set():
+        try:
+            answers.put(answer, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _stream_target(
