@@ -14,6 +14,8 @@ The server runs as a `kerasrpc serve` child process; clients run here.
   (d) large batches (4 and 32 MiB of inputs) through Client.predict, which
       encodes arrays once and decodes large responses in place, against
       protobuf messages built and parsed by the generated stub (no target).
+  (e) 500 batch-1 messages in one PredictStream against unary calls made
+      one after another by the same caller (no target).
 
 Part (a) is reported twice: calls interleaved one by one, and in blocks of
 ten back-to-back calls of each kind.
@@ -250,6 +252,33 @@ def large_batches(address: str, rows: int, repeats: int) -> dict[str, float]:
     }
 
 
+def stream_of_small_batches(address: str, messages: int) -> dict[str, float]:
+    """Part (e): batch-1 messages in one PredictStream against unary calls in turn.
+
+    The same caller sends `messages` batch-1 requests, once as one stream and
+    once as unary Predict calls made one after another.
+    """
+    x = np.random.default_rng(0).normal(size=(1, 2, 8)).astype("float32")
+    with client(address) as connected:
+        medians = interleaved_medians(
+            {
+                "stream": lambda: sum(
+                    1
+                    for _ in connected.predict_stream(
+                        MODEL, (x for _ in range(messages))
+                    )
+                ),
+                "unary": lambda: [connected.predict(MODEL, x) for _ in range(messages)],
+            },
+            5,
+        )
+    return {
+        "messages": float(messages),
+        "stream_ms_per_message": medians["stream"] / messages * 1e3,
+        "unary_ms_per_call": medians["unary"] / messages * 1e3,
+    }
+
+
 # (b) ---------------------------------------------------------------------------
 
 
@@ -364,6 +393,7 @@ def main() -> None:
             report("(c) server memory", resident_memory(address, pid, args.calls))
             for rows in (65_536, 524_288):
                 report(f"(d) batch-{rows}", large_batches(address, rows, 10))
+            report("(e) stream of batch-1", stream_of_small_batches(address, 500))
         with serve(state, args.device, *threads, "--batch-max-size", "1") as (
             address,
             _,
