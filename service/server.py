@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from kerasrpc.client import codec
 from kerasrpc.service.compat import add_compat_services
 from kerasrpc.service.device import Device, configure_device
@@ -198,13 +198,21 @@ def _add_services(server: grpc.Server, app: Application) -> health.HealthService
     ]
     names += add_compat_services(server, app)
 
+    # grpcio's own servicers go through add_servicer too, so that bytes that
+    # are no request get INVALID_ARGUMENT from them as well.
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_servicer(
+        server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_servicer
+    )
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    add_servicer(
+        server,
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        reflection.ReflectionServicer(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        ),
     )
     return health_servicer
 

@@ -261,6 +261,9 @@ def test_thread_pools_cannot_change_once_tensorflow_computes() -> None:
          "ModelInferRequest"),
         ("/tensorflow.serving.PredictionService/Predict", "unary_unary",
          "PredictRequest"),
+        ("/grpc.health.v1.Health/Check", "unary_unary", "HealthCheckRequest"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+         "stream_stream", "ServerReflectionRequest"),
     ],
 )  # fmt: skip
 def test_bytes_that_are_no_request_are_invalid_arguments(
