@@ -30,7 +30,6 @@ import numpy.typing as npt
 from kerasrpc.client.tensors import data_type
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 
-Array = npt.NDArray[Any]
 Part = bytes | memoryview
 
 _LENGTH_DELIMITED = 2
@@ -133,11 +132,11 @@ def predict_response(
     return Encoded([head, *tensor_map(3, outputs)])
 
 
-def serialize(response: Any) -> bytes:
+def serialize(message: Any) -> bytes:
     """Serialize a message for gRPC: an Encoded one, or a message object."""
-    if isinstance(response, Encoded):
-        return response.serialize()
-    data: bytes = response.SerializeToString()
+    if isinstance(message, Encoded):
+        return message.serialize()
+    data: bytes = message.SerializeToString()
     return data
 
 
