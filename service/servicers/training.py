@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from kerasrpc.client.codec import length_prefix
 from kerasrpc.service.errors import InvalidArgument
 from kerasrpc.v1 import training_service_pb2, training_service_pb2_grpc
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from kerasrpc.service.server import Application
 
 M = TypeVar("M", bound=Message)
-EVENTS_TAG = b"\x0a"  # field 1 (events), length-delimited
+EVENTS_FIELD = 1  # the responses' repeated events field
 
 
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
@@ -139,19 +140,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
 def _events(response_type: type[M], payloads: list[bytes]) -> M:
     """Build a response of serialized events without decoding them one by one."""
     encoded = b"".join(
-        EVENTS_TAG + _varint(len(payload)) + payload for payload in payloads
+        length_prefix(EVENTS_FIELD, len(payload)) + payload for payload in payloads
     )
     return response_type.FromString(encoded)
-
-
-def _varint(value: int) -> bytes:
-    """Encode a non-negative integer as a protobuf varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _dataset_header(
