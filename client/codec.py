@@ -21,16 +21,19 @@ requests and for responses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import Message
 from kerasrpc.client.tensors import data_type
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 
 Part = bytes | memoryview
+M = TypeVar("M", bound=Message)
+View = TypeVar("View")
 
 _LENGTH_DELIMITED = 2
 
@@ -211,12 +214,12 @@ def decode_predict_request(
     Raises:
         DecodeError: `data` is not a PredictRequest.
     """
-    if len(data) >= in_place_from:
-        try:
-            return _predict_request(memoryview(data), 0, len(data))
-        except _Unexpected:
-            pass
-    return inference_service_pb2.PredictRequest.FromString(data)
+    return _decode(
+        data,
+        in_place_from,
+        lambda buffer: _predict_request(buffer, 0, len(buffer)),
+        inference_service_pb2.PredictRequest,
+    )
 
 
 def decode_predict_stream_request(
@@ -227,14 +230,14 @@ def decode_predict_stream_request(
     Raises:
         DecodeError: `data` is not a PredictStreamRequest.
     """
-    if len(data) >= in_place_from:
-        try:
-            buffer = memoryview(data)
-            start, end = _only_field_1(buffer)
-            return PredictStreamRequestView(_predict_request(buffer, start, end))
-        except _Unexpected:
-            pass
-    return inference_service_pb2.PredictStreamRequest.FromString(data)
+    return _decode(
+        data,
+        in_place_from,
+        lambda buffer: PredictStreamRequestView(
+            _predict_request(buffer, *_only_field_1(buffer))
+        ),
+        inference_service_pb2.PredictStreamRequest,
+    )
 
 
 def decode_predict_response(
@@ -245,12 +248,12 @@ def decode_predict_response(
     Raises:
         DecodeError: `data` is not a PredictResponse.
     """
-    if len(data) >= in_place_from:
-        try:
-            return _predict_response(memoryview(data), 0, len(data))
-        except _Unexpected:
-            pass
-    return inference_service_pb2.PredictResponse.FromString(data)
+    return _decode(
+        data,
+        in_place_from,
+        lambda buffer: _predict_response(buffer, 0, len(buffer)),
+        inference_service_pb2.PredictResponse,
+    )
 
 
 def decode_predict_stream_response(
@@ -261,14 +264,32 @@ def decode_predict_stream_response(
     Raises:
         DecodeError: `data` is not a PredictStreamResponse.
     """
+    return _decode(
+        data,
+        in_place_from,
+        lambda buffer: PredictStreamResponseView(
+            _predict_response(buffer, *_only_field_1(buffer))
+        ),
+        inference_service_pb2.PredictStreamResponse,
+    )
+
+
+def _decode(
+    data: bytes,
+    in_place_from: int,
+    in_place: Callable[[memoryview], View],
+    message_type: type[M],
+) -> M | View:
+    """Decode `data` in place from `in_place_from` bytes on, else with protobuf.
+
+    Protobuf also takes any encoding the in-place decoder does not expect.
+    """
     if len(data) >= in_place_from:
         try:
-            buffer = memoryview(data)
-            start, end = _only_field_1(buffer)
-            return PredictStreamResponseView(_predict_response(buffer, start, end))
+            return in_place(memoryview(data))
         except _Unexpected:
             pass
-    return inference_service_pb2.PredictStreamResponse.FromString(data)
+    return message_type.FromString(data)
 
 
 def split_bytes_field(
