@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,6 +19,8 @@ from kerasrpc.service.compat.tf_serving import _predict_response
 from kerasrpc.v1 import inference_service_pb2, tensor_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 from tritonclient.grpc import service_pb2
+
+from tests.decoding import corrupt, decoded_both_ways
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -189,6 +191,10 @@ requests = st.builds(
 )
 
 
+PARSE_REQUEST = inference_service_pb2.PredictRequest.FromString
+DECODE_REQUEST = partial(codec.decode_predict_request, in_place_from=0)
+
+
 def same_request(decoded: Any, message: inference_service_pb2.PredictRequest) -> None:
     """Assert that a decoded request holds what the message holds."""
     assert decoded.model_name == message.model_name
@@ -223,13 +229,9 @@ def test_truncated_requests_fail_or_parse_as_protobuf_does(
     message: inference_service_pb2.PredictRequest, cut: int
 ) -> None:
     data = message.SerializeToString()[:cut]
-    try:
-        parsed = inference_service_pb2.PredictRequest.FromString(data)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            codec.decode_predict_request(data, in_place_from=0)
-    else:
-        same_request(codec.decode_predict_request(data, in_place_from=0), parsed)
+    both = decoded_both_ways(PARSE_REQUEST, DECODE_REQUEST, data)
+    if both is not None:
+        same_request(both[1], both[0])
 
 
 def test_unknown_fields_and_unpacked_shapes_decode_in_place() -> None:
@@ -298,17 +300,10 @@ def test_stream_requests_decode_their_request_in_place() -> None:
 def test_corrupted_requests_fail_or_parse_as_protobuf_does(
     message: inference_service_pb2.PredictRequest, position: int, byte: int
 ) -> None:
-    data = bytearray(message.SerializeToString())
-    if data:
-        data[position % len(data)] = byte
-    corrupted = bytes(data)
-    try:
-        parsed = inference_service_pb2.PredictRequest.FromString(corrupted)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            codec.decode_predict_request(corrupted, in_place_from=0)
-    else:
-        same_request(codec.decode_predict_request(corrupted, in_place_from=0), parsed)
+    corrupted = corrupt(message.SerializeToString(), position, byte)
+    both = decoded_both_ways(PARSE_REQUEST, DECODE_REQUEST, corrupted)
+    if both is not None:
+        same_request(both[1], both[0])
 
 
 @pytest.mark.parametrize(
@@ -324,14 +319,9 @@ def test_corrupted_requests_fail_or_parse_as_protobuf_does(
     ],
 )
 def test_odd_encodings_found_by_fuzzing_decode_as_protobuf_does(hex_data: str) -> None:
-    data = bytes.fromhex(hex_data)
-    try:
-        parsed = inference_service_pb2.PredictRequest.FromString(data)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            codec.decode_predict_request(data, in_place_from=0)
-    else:
-        same_request(codec.decode_predict_request(data, in_place_from=0), parsed)
+    both = decoded_both_ways(PARSE_REQUEST, DECODE_REQUEST, bytes.fromhex(hex_data))
+    if both is not None:
+        same_request(both[1], both[0])
 
 
 # The client's side: requests encoded, responses decoded in place --------------
@@ -395,16 +385,17 @@ def test_responses_decode_in_place_into_the_arrays_sent(
 def test_corrupted_responses_fail_or_parse_as_protobuf_does(
     outputs: dict[str, Any], position: int, byte: int
 ) -> None:
-    data = bytearray(codec.predict_response("m", 3, outputs).serialize())
-    data[position % len(data)] = byte
-    corrupted = bytes(data)
-    try:
-        parsed = inference_service_pb2.PredictResponse.FromString(corrupted)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            codec.decode_predict_response(corrupted, in_place_from=0)
+    corrupted = corrupt(
+        codec.predict_response("m", 3, outputs).serialize(), position, byte
+    )
+    both = decoded_both_ways(
+        inference_service_pb2.PredictResponse.FromString,
+        partial(codec.decode_predict_response, in_place_from=0),
+        corrupted,
+    )
+    if both is None:
         return
-    decoded = codec.decode_predict_response(corrupted, in_place_from=0)
+    parsed, decoded = both
     assert (decoded.model_name, decoded.version) == (parsed.model_name, parsed.version)
     assert set(decoded.outputs) == set(parsed.outputs)
     for name, tensor in parsed.outputs.items():

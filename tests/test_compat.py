@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kerasrpc.client import Client
@@ -17,6 +17,7 @@ from kerasrpc.service.compat.open_inference import InferRequest, decode_infer_re
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.decoding import corrupt, decoded_both_ways
 from tests.inference_models import Stored, example_inputs, store, unique
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -148,16 +149,15 @@ def test_raw_inputs_stay_in_the_received_bytes_and_the_rest_parses_the_same(
 def test_corrupted_infer_requests_fail_or_parse_as_protobuf_does(
     raw: list[bytes], position: int, byte: int
 ) -> None:
-    data = bytearray(raw_infer_request(raw, {"k": "v"}).SerializeToString())
-    data[position % len(data)] = byte
-    corrupted = bytes(data)
-    try:
-        parsed = service_pb2.ModelInferRequest.FromString(corrupted)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            decode_infer_request(corrupted, in_place_from=0)
+    data = raw_infer_request(raw, {"k": "v"}).SerializeToString()
+    both = decoded_both_ways(
+        service_pb2.ModelInferRequest.FromString,
+        partial(decode_infer_request, in_place_from=0),
+        corrupt(data, position, byte),
+    )
+    if both is None:
         return
-    decoded = decode_infer_request(corrupted, in_place_from=0)
+    parsed, decoded = both
     if isinstance(decoded, InferRequest):
         contents = [bytes(view) for view in decoded.raw_input_contents]
         message = decoded.message
@@ -553,16 +553,15 @@ def test_corrupted_tf_serving_requests_fail_or_parse_as_protobuf_does(
     )
     from tensorflow_serving.apis import predict_pb2
 
-    data = bytearray(tf_serving_request(contents, {}, ["o"]).SerializeToString())
-    data[position % len(data)] = byte
-    corrupted = bytes(data)
-    try:
-        parsed = predict_pb2.PredictRequest.FromString(corrupted)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            decode_predict_request(corrupted, in_place_from=0)
+    data = tf_serving_request(contents, {}, ["o"]).SerializeToString()
+    both = decoded_both_ways(
+        predict_pb2.PredictRequest.FromString,
+        partial(decode_predict_request, in_place_from=0),
+        corrupt(data, position, byte),
+    )
+    if both is None:
         return
-    decoded = decode_predict_request(corrupted, in_place_from=0)
+    parsed, decoded = both
     if isinstance(decoded, SplitPredictRequest):
         for name, view in decoded.tensor_contents.items():
             decoded.message.inputs[name].tensor_content = bytes(view)
