@@ -109,13 +109,29 @@ def client(address: str) -> Any:
     return Client(address, timeout=120, max_message_bytes=256 << 20)
 
 
-def _echo_server(response: bytes, ready: Any) -> None:
-    """Serve PREDICT_METHOD by answering every request with `response`."""
+def _echo_server(
+    response: bytes, ready: Any, model_path: str | None, x: Any = None
+) -> None:
+    """Serve PREDICT_METHOD by answering every request with `response`.
+
+    With a model, the handler first runs its compiled forward pass on `x`,
+    as the real service would on the request's inputs.
+    """
     import grpc
+
+    def answer(request: bytes, context: Any) -> bytes:
+        return response
+
+    if model_path is not None:
+        forward, name = _compiled(Path(model_path))
+
+        def answer(request: bytes, context: Any) -> bytes:
+            forward({name: x})
+            return response
 
     handler = grpc.method_handlers_generic_handler(
         "kerasrpc.v1.InferenceService",
-        {"Predict": grpc.unary_unary_rpc_method_handler(lambda request, _: response)},
+        {"Predict": grpc.unary_unary_rpc_method_handler(answer)},
     )
     options = [
         ("grpc.max_receive_message_length", BIG),
@@ -131,21 +147,38 @@ def _echo_server(response: bytes, ready: Any) -> None:
 
 
 @contextmanager
-def echo_server(response: bytes) -> Iterator[str]:
+def echo_server(
+    response: bytes, model_path: Path | None = None, x: Any = None
+) -> Iterator[str]:
     """Run a raw gRPC echo service in a child process; yield its address.
 
     It answers Predict, so that kerasrpc clients can call it unchanged, with
-    the bytes of a response the real service gave.
+    the bytes of a response the real service gave; given a model, it runs
+    the model's forward pass on `x` before each answer.
     """
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
-    process = context.Process(target=_echo_server, args=(response, ready), daemon=True)
+    model = None if model_path is None else str(model_path)
+    process = context.Process(
+        target=_echo_server, args=(response, ready, model, x), daemon=True
+    )
     process.start()
     try:
-        yield f"127.0.0.1:{ready.get(timeout=60)}"
+        yield f"127.0.0.1:{ready.get(timeout=120)}"
     finally:
         process.terminate()
         process.join(10)
+
+
+def _compiled(path: Path) -> tuple[Callable[[Any], Any], str]:
+    """Return the compiled forward pass of a saved model and its input's name."""
+    import keras
+    from kerasrpc.service.inference.forward import Forward
+    from kerasrpc.service.registry.signature import model_signature
+
+    model = keras.saving.load_model(path)
+    inputs, outputs = model_signature(model)
+    return Forward(model, inputs, outputs), inputs[0].name
 
 
 def raw_predict(channel: Any) -> Callable[..., bytes]:
@@ -198,23 +231,21 @@ def added_time(
 ) -> dict[str, float]:
     """Part (a): the service's added time over the forward pass, against echo.
 
-    The three are timed in turn, round after round: Predict through the
-    service, the same compiled forward pass in this process, and a raw gRPC
-    round trip of the same request and response bytes. Both round trips
-    send the request's bytes, encoded beforehand, and keep the response's
-    bytes as they arrive: the client's protobuf work counts in neither.
+    Four calls are timed in turn, round after round: Predict through the
+    service, the same compiled forward pass in this process, a raw gRPC
+    round trip of the same request and response bytes, and that round trip
+    through an echo service that runs the forward pass before answering.
+    All round trips send the request's bytes, encoded beforehand, and keep
+    the response's bytes as they arrive: the client's protobuf work counts
+    in none. The last one is the floor of any service written this way: the
+    gRPC round trip and the forward pass sharing one process and the cores.
     """
     import grpc
-    import keras
     from kerasrpc.client.client import predict_request
-    from kerasrpc.service.inference.forward import Forward
-    from kerasrpc.service.registry.signature import model_signature
 
     x = np.random.default_rng(0).normal(size=(4096, 2, 8)).astype("float32")
     raw = predict_request(MODEL, x, 0, []).SerializeToString()
-    model = keras.saving.load_model(path)
-    inputs, outputs = model_signature(model)
-    forward = Forward(model, inputs, outputs)
+    forward, name = _compiled(path)
     options = [
         ("grpc.max_receive_message_length", BIG),
         ("grpc.max_send_message_length", BIG),
@@ -222,28 +253,35 @@ def added_time(
     with grpc.insecure_channel(address, options=options) as channel:
         predict = raw_predict(channel)
         response = predict(raw, timeout=60)
-        _check_outputs(response, forward({inputs[0].name: x}))
+        _check_outputs(response, forward({name: x}))
         with (
             echo_server(response) as echo_address,
+            echo_server(response, path, x) as floor_address,
             grpc.insecure_channel(echo_address, options=options) as echo_channel,
+            grpc.insecure_channel(floor_address, options=options) as floor_channel,
         ):
             echo = raw_predict(echo_channel)
+            floor = raw_predict(floor_channel)
             medians = interleaved_medians(
                 {
                     "predict": lambda: predict(raw, timeout=60),
-                    "forward": lambda: forward({inputs[0].name: x}),
+                    "forward": lambda: forward({name: x}),
                     "echo": lambda: echo(raw, timeout=60),
+                    "echo_forward": lambda: floor(raw, timeout=60),
                 },
                 repeats,
                 block,
             )
     added = medians["predict"] - medians["forward"]
+    floor_added = medians["echo_forward"] - medians["forward"]
     return {
         "predict_ms": medians["predict"] * 1e3,
         "forward_ms": medians["forward"] * 1e3,
         "added_ms": added * 1e3,
         "echo_ms": medians["echo"] * 1e3,
         "ratio": added / medians["echo"],
+        "echo_forward_ms": medians["echo_forward"] * 1e3,
+        "floor_ratio": floor_added / medians["echo"],
     }
 
 
