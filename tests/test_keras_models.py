@@ -399,6 +399,47 @@ def test_functional_graph_errors_name_the_node() -> None:
     assert "received 'zzz'" in found["spec.spec.functional.outputs[1]"]
 
 
+def dense_on(name: str, source: str) -> dict[str, Any]:
+    """Return a functional node: a 2-unit Dense layer on `source`."""
+    return {"layer": {"name": name, "dense": {"units": 2}}, "inputs": [source]}
+
+
+def on_inputs_a_b(*nodes: dict[str, Any], outputs: list[str]) -> spec_pb2.ModelSpec:
+    """Return a functional ModelSpec on inputs a (3,) and b (4,)."""
+    inputs = [{"name": "a", "shape": [3]}, {"name": "b", "shape": [4]}]
+    return model_spec(
+        {"functional": {"inputs": inputs, "nodes": list(nodes), "outputs": outputs}}
+    )
+
+
+def test_functional_inputs_and_nodes_no_output_uses_are_refused() -> None:
+    spec = on_inputs_a_b(dense_on("d", "a"), dense_on("e", "b"), outputs=["d"])
+
+    found = violations(spec, path="spec")
+
+    functional = "spec.functional"
+    assert set(found) == {
+        f"{functional}.inputs[1].name",
+        f"{functional}.nodes[1].layer.name",
+    }
+    assert (
+        "none of the outputs ('d') depends on 'b'"
+        in found[f"{functional}.inputs[1].name"]
+    )
+    assert "depends on 'e'" in found[f"{functional}.nodes[1].layer.name"]
+
+
+def test_functional_input_may_be_an_output_itself() -> None:
+    spec = on_inputs_a_b(dense_on("d", "a"), outputs=["d", "b"])
+
+    model = build(spec)
+
+    a = np.ones((2, 3), "float32")
+    b = np.arange(8, dtype="float32").reshape(2, 4)
+    _, passed = model({"a": a, "b": b})
+    np.testing.assert_array_equal(np.asarray(passed), b)
+
+
 def test_registered_model_checks_its_arguments() -> None:
     spec = model_spec(
         {

@@ -133,8 +133,7 @@ def _check_functional(
         defined.append(node.layer.name)
 
     _check_outputs(spec, path, defined, v)
-    # TODO: an input that reaches no output is accepted; the model then still
-    # asks callers to feed it at prediction time, with no use made of it.
+    _check_inputs_used(spec, path, defined, v)
     infer(nodes, graph)
     return nodes
 
@@ -186,6 +185,45 @@ def _check_outputs(
                 f"{path}.outputs[{i}]",
                 f"expected the name of an input or a node ({_choices(defined)}), "
                 f"received {name!r}",
+            )
+
+
+def _check_inputs_used(
+    spec: spec_pb2.FunctionalSpec, path: str, defined: Sequence[str], v: Violations
+) -> None:
+    """Refuse inputs and nodes that no output depends on.
+
+    Keras would build such a model: every caller would have to feed an input
+    that changes nothing, and a node's layer would silently be left out.
+    Skipped while names are unresolved, where it would only repeat those
+    errors.
+    """
+    known = set(defined)
+    named = [name for node in spec.nodes for name in node.inputs] + list(spec.outputs)
+    if not all(name in known for name in named):
+        return
+    sources = {node.layer.name: node.inputs for node in spec.nodes}
+    reached: set[str] = set()
+    pending = list(spec.outputs)
+    while pending:
+        name = pending.pop()
+        if name not in reached:
+            reached.add(name)
+            pending.extend(sources.get(name, ()))
+    outputs = ", ".join(repr(name) for name in spec.outputs)
+    for i, input_spec in enumerate(spec.inputs):
+        if input_spec.name and input_spec.name not in reached:
+            v.add(
+                f"{path}.inputs[{i}].name",
+                "expected an input that an output depends on; none of the "
+                f"outputs ({outputs}) depends on {input_spec.name!r}",
+            )
+    for i, node in enumerate(spec.nodes):
+        if node.layer.name and node.layer.name not in reached:
+            v.add(
+                f"{path}.nodes[{i}].layer.name",
+                "expected a node that an output depends on; none of the "
+                f"outputs ({outputs}) depends on {node.layer.name!r}",
             )
 
 
