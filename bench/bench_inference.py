@@ -8,7 +8,9 @@ The server runs as a `kerasrpc serve` child process; clients run here.
       the same request and response bytes through a trivial echo service
       (target: ratio <= 1.3). Both round trips send the request's bytes,
       encoded beforehand, and keep the response's bytes as they arrive, so
-      that neither counts the client's protobuf work;
+      that neither counts the client's protobuf work. An echo service that
+      runs the same forward pass before answering gives the floor: what a
+      service with no request handling at all would add;
   (b) 16 concurrent client processes sending batch-1 requests, batching on
       (the defaults) against off (batch_max_size=1): requests/s, p50, p99
       (target: >= 4x the requests/s). The same clients against the echo
