@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -252,6 +254,96 @@ def test_requests_are_counted_under_the_protocol(
 
     after = metrics.get_sample_value("kerasrpc_predict_requests_total", labels)
     assert after == before + 1
+
+
+def streamed(
+    triton_client: Any, requests: list[tuple[str, dict[str, Any]]]
+) -> list[Any]:
+    """Send (model name, inputs) requests on one stream; return the answers.
+
+    Each answer is what tritonclient's callback received, in the order it
+    arrived: an InferResult, or an InferenceServerException.
+    """
+    received: queue.Queue[Any] = queue.Queue()
+    triton_client.start_stream(
+        callback=lambda result, error: received.put(error or result)
+    )
+    try:
+        for index, (name, inputs) in enumerate(requests):
+            triton_client.async_stream_infer(
+                name,
+                [triton_input(key, value) for key, value in inputs.items()],
+                request_id=f"r-{index}",
+            )
+        return [received.get(timeout=60) for _ in requests]
+    finally:
+        triton_client.stop_stream()
+
+
+def test_stream_infer_answers_in_order_equal_to_the_model_in_process(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    # Models alternate and batch sizes vary, up to one decoded in place.
+    models = []
+    for index, batch in enumerate([1, 3, 4000, 1, 2, 1, 7, 1]):
+        style = ("sequential", "functional")[index % 2]
+        models.append(
+            dataclasses.replace(stored[style], inputs=example_inputs(style, batch))
+        )
+
+    answers = streamed(triton_client, [(m.name, m.inputs) for m in models])
+
+    for index, (model, answer) in enumerate(zip(models, answers, strict=True)):
+        assert not isinstance(answer, Exception), answer
+        response = answer.get_response()
+        assert (response.id, response.model_name) == (f"r-{index}", model.name)
+        assert response.model_version == str(model.version)
+        for name, value in model.expected().items():
+            np.testing.assert_allclose(answer.as_numpy(name), value, **TOLERANCE)
+
+
+def test_stream_infer_failures_answer_their_request_and_the_stream_goes_on(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    good = {"features": model.inputs["features"]}
+    ints = {"features": np.zeros((1, 2, 8), "int32")}
+    absent = unique("absent")
+
+    answers = streamed(
+        triton_client,
+        [(model.name, good), (absent, good), (model.name, ints), (model.name, good)],
+    )
+
+    first, unknown, wrong_dtype, last = answers
+    assert isinstance(unknown, InferenceServerException)
+    assert unknown.message().startswith("NOT_FOUND: ")
+    assert absent in unknown.message()
+    assert isinstance(wrong_dtype, InferenceServerException)
+    assert wrong_dtype.message().startswith("INVALID_ARGUMENT: ")
+    assert "expected float32, received int32" in wrong_dtype.message()
+    for answer in (first, last):
+        for name, value in model.expected().items():
+            np.testing.assert_allclose(answer.as_numpy(name), value, **TOLERANCE)
+
+
+def test_small_batches_of_one_infer_stream_are_merged(
+    server: Any, triton_client: Any, tmp_path: Path
+) -> None:
+    with Client(server.address, timeout=60) as client:
+        model = store(client, tmp_path, "sequential")
+    metrics = server.app.metrics.registry
+    passes = {"model": model.name}
+    batch = {"features": example_inputs("sequential", 1)["features"]}
+
+    answers = streamed(triton_client, [(model.name, batch)] * 40)
+
+    assert not [answer for answer in answers if isinstance(answer, Exception)]
+    forward_passes = metrics.get_sample_value(
+        "kerasrpc_predict_batch_size_count", passes
+    )
+    assert forward_passes is not None
+    assert forward_passes < 40
 
 
 # TF Serving ----------------------------------------------------------------

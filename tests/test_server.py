@@ -259,6 +259,8 @@ def test_thread_pools_cannot_change_once_tensorflow_computes() -> None:
          "WatchTrainingRequest"),
         ("/inference.GRPCInferenceService/ModelInfer", "unary_unary",
          "ModelInferRequest"),
+        ("/inference.GRPCInferenceService/ModelStreamInfer", "stream_stream",
+         "ModelInferRequest"),
         ("/tensorflow.serving.PredictionService/Predict", "unary_unary",
          "PredictRequest"),
         ("/grpc.health.v1.Health/Check", "unary_unary", "HealthCheckRequest"),

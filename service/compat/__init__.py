@@ -31,7 +31,7 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         server,
         service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         OpenInferenceServicer(app),
-        {"ModelInfer": decode_infer_request},
+        {"ModelInfer": decode_infer_request, "ModelStreamInfer": decode_infer_request},
     )
     add_servicer(
         server,

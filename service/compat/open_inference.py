@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,9 +20,12 @@ from kerasrpc.service.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ServiceError,
+    status_code,
 )
 from kerasrpc.service.inference.limits import check_response_size
-from kerasrpc.service.servicers.inference import caller_limits
+from kerasrpc.service.servicers.inference import STREAM_IN_FLIGHT, caller_limits
+from kerasrpc.service.servicers.ordered import answer_in_order
 from kerasrpc.v1 import tensor_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -33,6 +37,7 @@ logger = logging.getLogger("kerasrpc.service.compat")
 Array = npt.NDArray[Any]
 PROTOCOL = "open_inference"
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
+STREAM_INFER_RESPONSE = 2  # ModelStreamInferResponse's field number
 PLATFORM = "keras"
 
 # The protocol's datatype names and the tensor dtypes they stand for.
@@ -72,13 +77,14 @@ _CONTENTS = {
 class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Serve inference.GRPCInferenceService from the model registry.
 
-    Health, metadata and inference are served; repository control, shared
-    memory, statistics, tracing and streaming answer UNIMPLEMENTED.
+    Health, metadata and inference, unary and streaming, are served;
+    repository control, shared memory, statistics, tracing and log settings
+    answer UNIMPLEMENTED.
     """
 
-    # TODO: ModelStreamInfer, shared-memory inputs and the classification
-    # extension are not served; clients that rely on them get UNIMPLEMENTED
-    # or INVALID_ARGUMENT and must send plain ModelInfer requests.
+    # TODO: shared-memory inputs and the classification extension are not
+    # served; clients that rely on them get INVALID_ARGUMENT and must send
+    # their tensors in the request.
 
     def __init__(self, app: Application) -> None:
         self._app = app
@@ -164,6 +170,41 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
             prediction.outputs.values(), self._app.settings.max_message_bytes
         )
         return _infer_response(request, prediction.version, prediction.outputs)
+
+    def ModelStreamInfer(  # noqa: N802
+        self,
+        requests: Iterator[service_pb2.ModelInferRequest | InferRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[codec.Encoded]:
+        """Answer a stream of inference requests in order.
+
+        Up to STREAM_IN_FLIGHT requests are computed at once, so a stream's
+        small batches merge. A request that fails gets an answer carrying
+        only its error_message, and the stream goes on, as the protocol's
+        clients expect.
+        """
+
+        def start(
+            request: service_pb2.ModelInferRequest | InferRequest, index: int
+        ) -> Callable[[], codec.Encoded]:
+            return partial(self._stream_answer, request, context)
+
+        return answer_in_order(
+            requests, start, in_flight=STREAM_IN_FLIGHT, name="kerasrpc-infer-stream"
+        )
+
+    def _stream_answer(
+        self,
+        request: service_pb2.ModelInferRequest | InferRequest,
+        context: grpc.ServicerContext,
+    ) -> codec.Encoded:
+        try:
+            answer = self.ModelInfer(request, context)
+        except ServiceError as error:
+            text = f"{status_code(error).name}: {error.message}"
+            failed = service_pb2.ModelStreamInferResponse(error_message=text)
+            return codec.Encoded([failed.SerializeToString()])
+        return answer.nested(STREAM_INFER_RESPONSE)
 
 
 def parse_version(text: str, field: str) -> int:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -14,6 +12,7 @@ from kerasrpc.client.tensors import to_array
 from kerasrpc.service.errors import FieldViolation, InvalidArgument
 from kerasrpc.service.inference import Prediction
 from kerasrpc.service.inference.limits import check_response_size, deadline_of
+from kerasrpc.service.servicers.ordered import answer_in_order
 from kerasrpc.v1 import inference_service_pb2
 
 if TYPE_CHECKING:
@@ -24,8 +23,6 @@ PROTOCOL = "kerasrpc"
 STREAM_IN_FLIGHT = 4
 # Large requests arrive decoded in place (see codec.decode_predict_request).
 Request = inference_service_pb2.PredictRequest | codec.PredictRequestView
-# What the stream reader hands over: a computation, its error, or the end.
-Answer = Future[codec.Encoded] | BaseException | None
 
 
 class InferenceServicer:
@@ -57,60 +54,29 @@ class InferenceServicer:
     ) -> Iterator[codec.Encoded]:
         """Predict a stream of batches, answering each in order.
 
-        A reader thread takes the stream's messages and computes up to
-        STREAM_IN_FLIGHT of them at once, so that small batches of one
-        stream merge and its round trips overlap; answers leave in order.
+        Up to STREAM_IN_FLIGHT messages are computed at once (see
+        answer_in_order). The first message names the model; its version,
+        "the latest" resolved once, answers the messages that name none.
         """
-        answers: queue.Queue[Answer] = queue.Queue(STREAM_IN_FLIGHT)
-        stop = threading.Event()
-        with ThreadPoolExecutor(
-            STREAM_IN_FLIGHT, thread_name_prefix="kerasrpc-stream"
-        ) as pool:
-            threading.Thread(
-                target=self._read_stream,
-                args=(request_iterator, context, pool, answers, stop),
-                name="kerasrpc-stream-reader",
-                daemon=True,
-            ).start()
-            try:
-                while (answer := answers.get()) is not None:
-                    if isinstance(answer, BaseException):
-                        raise answer
-                    yield answer.result()
-            finally:
-                stop.set()  # the reader stops at its next message
-
-    def _read_stream(
-        self,
-        messages: Iterator[
-            inference_service_pb2.PredictStreamRequest | codec.PredictStreamRequestView
-        ],
-        context: grpc.ServicerContext,
-        pool: ThreadPoolExecutor,
-        answers: queue.Queue[Answer],
-        stop: threading.Event,
-    ) -> None:
-        """Submit each message's prediction in turn; end with None or an error."""
         first: tuple[str, int] | None = None
-        try:
-            for index, message in enumerate(messages):
-                if stop.is_set():
-                    return
-                request = message.request
-                with self._app.inference.counting_refusals(PROTOCOL):
-                    model_name, version = _stream_target(request, first, index)
-                if first is None:
-                    # Resolve "the latest" once, so one version answers the stream.
-                    version = self._app.inference.warm(model_name, version)
-                    first = (model_name, version)
-                future = pool.submit(
-                    self._answer, request, model_name, version, context, index
-                )
-                _hand_over(answers, future, stop)
-        except BaseException as error:
-            _hand_over(answers, error, stop)
-            return
-        _hand_over(answers, None, stop)
+
+        def start(
+            message: inference_service_pb2.PredictStreamRequest
+            | codec.PredictStreamRequestView,
+            index: int,
+        ) -> Callable[[], codec.Encoded]:
+            nonlocal first
+            request = message.request
+            with self._app.inference.counting_refusals(PROTOCOL):
+                model_name, version = _stream_target(request, first, index)
+            if first is None:
+                version = self._app.inference.warm(model_name, version)
+                first = (model_name, version)
+            return partial(self._answer, request, model_name, version, context, index)
+
+        return answer_in_order(
+            request_iterator, start, in_flight=STREAM_IN_FLIGHT, name="kerasrpc-stream"
+        )
 
     def _answer(
         self,
@@ -164,18 +130,6 @@ def caller_limits(
 ) -> tuple[float | None, Callable[[], bool]]:
     """Return the call's deadline (time.monotonic()) and whether it was cancelled."""
     return deadline_of(context.time_remaining()), lambda: not context.is_active()
-
-
-def _hand_over(
-    answers: queue.Queue[Answer], answer: Answer, stop: threading.Event
-) -> None:
-    """Queue an answer, waiting for room, unless the stream has ended."""
-    while not stop.is_set():
-        try:
-            answers.put(answer, timeout=0.1)
-            return
-        except queue.Full:
-            continue
 
 
 def _stream_target(
