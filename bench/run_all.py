@@ -11,7 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("bench.bench_training", "bench.bench_inference", "bench.metrics_overhead")
+BENCHMARKS = (
+    "bench.bench_training",
+    "bench.bench_inference",
+    "bench.metrics_overhead",
+    "bench.bench_csv_memory",
+)
 
 
 def main() -> int:

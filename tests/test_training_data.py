@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gc
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import pytest
 import tensorflow as tf
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
+from kerasrpc.service.training.data import CSV_BLOCK_ROWS, read_file
+from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
 
 from tests.training_support import (
@@ -297,6 +301,85 @@ def test_a_csv_file_that_is_not_utf8_names_its_path(
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.value.violations] == [f"spec.{role}.file.path"]
     assert "not UTF-8 text" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a,b,target\n1,2,3\n4,5\n", "expected 3 columns in every row, like the "
+         "header, received 2 on line 3"),
+        ("a,b,target\n1,2,3\n\n4,x,6\n", "could not convert string to float: "
+         "'x' on line 4"),
+    ],
+    ids=["ragged", "not-a-number"],
+)  # fmt: skip
+def test_a_bad_csv_row_names_its_line(
+    client: Client, server: Any, text: str, expected: str
+) -> None:
+    name = f"{unique('bad')}.csv"
+    (_data_root(server) / name).write_text(text)
+
+    with pytest.raises(KerasRpcError) as error:
+        client.start_training(training_spec(unique("bad-csv"), _file(name)))
+
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.value.violations] == ["spec.train_data.file.path"]
+    assert expected in error.value.message
+
+
+def test_csv_rows_are_read_in_blocks_into_memory_maps_that_leave_no_files(
+    tmp_path: Path,
+) -> None:
+    datasets = DatasetStore(tmp_path / "datasets")
+    rows = np.random.default_rng(0).normal(size=(2 * CSV_BLOCK_ROWS + 5, 4))
+    with (tmp_path / "big.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "y", "b", "c"])
+        writer.writerows(rows.tolist())
+    source = spec_pb2.DataFile(path="big.csv", label_columns=["y"])
+
+    features, labels = read_file(source, "file", tmp_path, datasets)
+
+    assert isinstance(features, np.memmap)
+    assert isinstance(labels, np.memmap)
+    expected = rows.astype(np.float32)
+    np.testing.assert_array_equal(features, expected[:, [0, 2, 3]])
+    np.testing.assert_array_equal(labels, expected[:, [1]])
+    assert list((tmp_path / "datasets").iterdir()) == []
+
+
+def _held_under(folder: Path) -> list[str]:
+    """Return the files under `folder` this process holds open or mapped."""
+    prefix = str(folder.resolve())
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir():
+        try:
+            held.append(os.readlink(fd))
+        except OSError:
+            continue  # closed since listed
+    # A mapping's path is its sixth field, followed by " (deleted)" if unlinked.
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6:
+            held.append(fields[5])
+    return [name for name in held if name.startswith(prefix)]
+
+
+def test_a_finished_csv_job_leaves_no_scratch_files(
+    client: Client, server: Any
+) -> None:
+    x, y = linear_data(rows=24)
+    name = f"{unique('scratch')}.csv"
+    with (_data_root(server) / name).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "b", "c", "d", "y"])
+        writer.writerows(np.hstack([x, y]).tolist())
+
+    _trains(client, _file(name))
+    gc.collect()
+
+    assert _held_under(server.app.jobs.datasets.root) == []
 
 
 def test_a_tfrecord_record_that_is_not_an_example_names_the_record(

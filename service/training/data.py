@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,8 @@ from kerasrpc.v1 import spec_pb2
 
 Array = npt.NDArray[Any]
 FINITE_CHECK_ROWS = 65536
+# CSV rows parsed into one float32 block before it goes to the scratch files.
+CSV_BLOCK_ROWS = 8192
 
 _EXTENSIONS: dict[str, int] = {
     ".npz": spec_pb2.DATA_FORMAT_NPZ,
@@ -63,7 +66,7 @@ def read_source(
     elif kind == "dataset_id":
         features, labels = _dataset(source.dataset_id, f"{path}.dataset_id", datasets)
     else:
-        features, labels = read_file(source.file, f"{path}.file", data_root)
+        features, labels = read_file(source.file, f"{path}.file", data_root, datasets)
     examples = Examples(features, labels, f"{path}.{kind}")
     check_examples(examples)
     return examples
@@ -131,15 +134,15 @@ def _check_finite(array: Array, field: str) -> None:
 
 
 def read_file(
-    data: spec_pb2.DataFile, path: str, data_root: Path
+    data: spec_pb2.DataFile, path: str, data_root: Path, datasets: DatasetStore
 ) -> tuple[Array, Array]:
-    """Read a data file under the data root."""
+    """Read a data file under the data root (CSV through the datasets' scratch)."""
     file = resolve_path(data.path, f"{path}.path", data_root)
     data_format = int(data.format) or _EXTENSIONS.get(file.suffix.lower(), 0)
     if data_format == spec_pb2.DATA_FORMAT_NPZ:
         return _read_npz(file, data, path)
     if data_format == spec_pb2.DATA_FORMAT_CSV:
-        return _read_csv(file, data, path)
+        return _read_csv(file, data, path, datasets)
     if data_format == spec_pb2.DATA_FORMAT_TFRECORD:
         return _read_tfrecord(file, data, path)
     raise InvalidArgument.field(
@@ -196,47 +199,88 @@ def _read_npz(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Ar
         ) from None
 
 
-def _read_csv(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
-    # TODO: CSV files are read whole into memory; files larger than RAM fail
-    # to load and should be converted to an uploaded dataset first.
+def _read_csv(
+    file: Path, data: spec_pb2.DataFile, path: str, datasets: DatasetStore
+) -> tuple[Array, Array]:
+    """Read a CSV file's rows into float32 features and labels, memory-mapped.
+
+    Rows are parsed a block at a time and written to unnamed scratch files
+    beside the uploaded datasets, so a file larger than memory trains like
+    an uploaded dataset; the scratch files vanish with the arrays.
+    """
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            header, label_columns, rows = _parse_csv(csv.reader(handle), data, path)
+        with (
+            file.open(newline="", encoding="utf-8") as handle,
+            datasets.scratch() as features_file,
+            datasets.scratch() as labels_file,
+        ):
+            reader = csv.reader(handle)
+            header = _csv_header(reader, path)
+            label_columns = _label_columns(header, data, path)
+            feature_columns = [i for i in range(len(header)) if i not in label_columns]
+            rows = 0
+            for block in _csv_blocks(reader, len(header), path):
+                features_file.write(block[:, feature_columns].tobytes())
+                labels_file.write(block[:, label_columns].tobytes())
+                rows += len(block)
+            return (
+                _mapped(features_file, rows, len(feature_columns)),
+                _mapped(labels_file, rows, len(label_columns)),
+            )
     except UnicodeDecodeError:
         raise InvalidArgument.field(
             f"{path}.path",
             f"expected a UTF-8 CSV file, received {data.path!r}, which is not "
             "UTF-8 text",
         ) from None
-    if rows.ndim != 2 or rows.shape[1] != len(header):
-        raise InvalidArgument.field(
-            f"{path}.path",
-            f"expected {len(header)} columns in every row, received ragged rows",
-        )
-    feature_columns = [i for i in range(len(header)) if i not in label_columns]
-    values = rows.astype(np.float32)
-    return values[:, feature_columns], values[:, label_columns]
 
 
-def _parse_csv(
-    reader: Any, data: spec_pb2.DataFile, path: str
-) -> tuple[list[str], list[int], Array]:
+def _csv_header(reader: Any, path: str) -> list[str]:
     header: list[str] | None = next(reader, None)
     if not header:
         raise InvalidArgument.field(
             f"{path}.path",
             "expected a CSV file with a header row, received an empty file",
         )
-    label_columns = _label_columns(header, data, path)
-    try:
-        rows = np.array([[float(v) for v in row] for row in reader if row])
-    except UnicodeDecodeError:
-        raise
-    except ValueError as error:
-        raise InvalidArgument.field(
-            f"{path}.path", f"expected numbers in every CSV cell, received {error}"
-        ) from None
-    return header, label_columns, rows
+    return header
+
+
+def _csv_blocks(reader: Any, columns: int, path: str) -> Iterator[Array]:
+    """Yield the rows after the header as float32 blocks of CSV_BLOCK_ROWS."""
+    block: list[list[float]] = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != columns:
+            raise InvalidArgument.field(
+                f"{path}.path",
+                f"expected {columns} columns in every row, like the header, "
+                f"received {len(row)} on line {reader.line_num}",
+            )
+        try:
+            block.append([float(value) for value in row])
+        except ValueError as error:
+            raise InvalidArgument.field(
+                f"{path}.path",
+                f"expected numbers in every CSV cell, received {error} on line "
+                f"{reader.line_num}",
+            ) from None
+        if len(block) == CSV_BLOCK_ROWS:
+            yield np.array(block, dtype=np.float32)
+            block = []
+    if block:
+        yield np.array(block, dtype=np.float32)
+
+
+def _mapped(scratch: BinaryIO, rows: int, columns: int) -> Array:
+    """Map the float32 rows written to a scratch file, read-only."""
+    if rows == 0:
+        return np.empty((0, columns), dtype=np.float32)
+    scratch.flush()
+    mapped: Array = np.memmap(
+        scratch, dtype=np.float32, mode="r", shape=(rows, columns)
+    )
+    return mapped
 
 
 def _label_columns(header: list[str], data: spec_pb2.DataFile, path: str) -> list[int]:

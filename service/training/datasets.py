@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -177,6 +178,14 @@ class DatasetStore:
             _memmap(folder / FEATURES_FILE, stored.features, stored.examples),
             _memmap(folder / LABELS_FILE, stored.labels, stored.examples),
         )
+
+    def scratch(self) -> BinaryIO:
+        """Open an unnamed file beside the datasets, for rows too many for memory.
+
+        It has no name in the folder: it is gone once it is closed and no
+        memory map of it is left, even if the server is killed.
+        """
+        return tempfile.TemporaryFile(dir=self.root, prefix=".scratch-")
 
     def delete(self, dataset_id: str) -> None:
         """Delete a dataset's files; NotFound if there is none."""
