@@ -15,7 +15,7 @@ BENCHMARKS = (
     "bench.bench_training",
     "bench.bench_inference",
     "bench.metrics_overhead",
-    "bench.bench_csv_memory",
+    "bench.bench_data_memory",
 )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import gc
+import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 import tensorflow as tf
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
+from kerasrpc.service.errors import InvalidArgument
 from kerasrpc.service.training.data import CSV_BLOCK_ROWS, read_file
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
@@ -348,6 +351,83 @@ def test_csv_rows_are_read_in_blocks_into_memory_maps_that_leave_no_files(
     assert list((tmp_path / "datasets").iterdir()) == []
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_arrays_are_copied_to_memory_maps_the_archive_cannot_change(
+    tmp_path: Path, save: Any
+) -> None:
+    datasets = DatasetStore(tmp_path / "datasets")
+    x = np.asfortranarray(np.random.default_rng(0).normal(size=(300, 7, 3)))
+    y = np.arange(300, dtype=np.int16).reshape(300, 1)
+    save(tmp_path / "train.npz", inputs=x, targets=y)
+    source = spec_pb2.DataFile(
+        path="train.npz", features_key="inputs", labels_key="targets"
+    )
+
+    features, labels = read_file(source, "file", tmp_path, datasets)
+    save(tmp_path / "train.npz", inputs=x + 1, targets=y + 1)
+
+    assert isinstance(features, np.memmap)
+    assert isinstance(labels, np.memmap)
+    np.testing.assert_array_equal(features, x)
+    np.testing.assert_array_equal(labels, y)
+    assert labels.dtype == np.int16
+    del features, labels
+    gc.collect()
+    assert _held_under(datasets.root) == []
+
+
+def _npz_with(tmp_path: Path, member: str, content: bytes) -> Path:
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as archive:
+        archive.writestr(member, content)
+        archive.writestr("labels.npy", _npy(np.zeros((2, 1))))
+    return tmp_path / "bad.npz"
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (_npy(np.array([{"a": 1}, None], dtype=object)),
+         "features.npy holds Python objects, not numbers"),
+        (_npy(np.zeros((4, 2)))[:-16],
+         "features.npy holds 48 bytes of values, where its shape [4, 2] and dtype "
+         "float64 take 64"),
+        (_npy(np.zeros((4, 2))) + b"\0" * 8, "features.npy holds more bytes"),
+        (b"not an array", "the magic string is not correct"),
+    ],
+    ids=["objects", "short", "long", "not-npy"],
+)  # fmt: skip
+def test_a_bad_npz_member_is_refused_naming_it(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    _npz_with(tmp_path, "features.npy", content)
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(InvalidArgument) as error:
+        read_file(spec_pb2.DataFile(path="bad.npz"), "file", tmp_path, datasets)
+
+    assert [v.field for v in error.value.violations] == ["file.path"]
+    assert "expected a readable .npz file" in error.value.message
+    assert expected in error.value.message
+    assert _held_under(datasets.root) == []
+
+
+def test_an_npz_key_that_is_absent_names_the_keys_there(tmp_path: Path) -> None:
+    np.savez(tmp_path / "train.npz", inputs=np.zeros((2, 1)), labels=np.zeros((2, 1)))
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(InvalidArgument) as error:
+        read_file(spec_pb2.DataFile(path="train.npz"), "file", tmp_path, datasets)
+
+    assert [v.field for v in error.value.violations] == ["file.features_key"]
+    assert "(one of ['inputs', 'labels']), received 'features'" in error.value.message
+
+
 def _held_under(folder: Path) -> list[str]:
     """Return the files under `folder` this process holds open or mapped."""
     prefix = str(folder.resolve())
@@ -380,6 +460,54 @@ def test_a_finished_csv_job_leaves_no_scratch_files(
     gc.collect()
 
     assert _held_under(server.app.jobs.datasets.root) == []
+
+
+def _tfrecord(path: Path, rows: list[tuple[list[float], list[float]]]) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for features, label in rows:
+            writer.write(_example(features, label))
+
+
+def test_tfrecord_values_are_reshaped_into_memory_maps(tmp_path: Path) -> None:
+    values = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    _tfrecord(tmp_path / "t.tfrecord", [(row[:4], row[4:]) for row in values])
+    source = spec_pb2.DataFile(
+        path="t.tfrecord", features_shape=[2, 2], labels_shape=[2]
+    )
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    features, labels = read_file(source, "file", tmp_path, datasets)
+
+    assert isinstance(features, np.memmap)
+    assert isinstance(labels, np.memmap)
+    np.testing.assert_array_equal(features, values[:, :4].reshape(50, 2, 2))
+    np.testing.assert_array_equal(labels, values[:, 4:])
+
+
+@pytest.mark.parametrize(
+    ("rows", "shape", "field", "expected"),
+    [
+        ([([1, 2], [0]), ([1, 2, 3], [0])], [], "file.features_shape",
+         "received 2 values in record 0 and 3 in record 1"),
+        ([([1, 2], [0]), ([1, 2], [0, 1])], [], "file.labels_shape",
+         "received 1 values in record 0 and 2 in record 1"),
+        ([([1, 2, 3], [0])], [2, 2], "file.features_shape",
+         "expected a shape of 3 values, received [2, 2]"),
+    ],
+    ids=["features", "labels", "shape"],
+)  # fmt: skip
+def test_tfrecord_lengths_that_do_not_fit_are_refused(
+    tmp_path: Path, rows: Any, shape: list[int], field: str, expected: str
+) -> None:
+    _tfrecord(tmp_path / "t.tfrecord", rows)
+    source = spec_pb2.DataFile(path="t.tfrecord", features_shape=shape)
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(InvalidArgument) as error:
+        read_file(source, "file", tmp_path, datasets)
+
+    assert [v.field for v in error.value.violations] == [field]
+    assert expected in error.value.message
 
 
 def test_a_tfrecord_record_that_is_not_an_example_names_the_record(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +25,8 @@ Array = npt.NDArray[Any]
 FINITE_CHECK_ROWS = 65536
 # CSV rows parsed into one float32 block before it goes to the scratch files.
 CSV_BLOCK_ROWS = 8192
+# Bytes of an .npz member decompressed at a time into its scratch file.
+NPZ_COPY_BYTES = 1 << 20
 
 _EXTENSIONS: dict[str, int] = {
     ".npz": spec_pb2.DATA_FORMAT_NPZ,
@@ -136,15 +141,15 @@ def _check_finite(array: Array, field: str) -> None:
 def read_file(
     data: spec_pb2.DataFile, path: str, data_root: Path, datasets: DatasetStore
 ) -> tuple[Array, Array]:
-    """Read a data file under the data root (CSV through the datasets' scratch)."""
+    """Read a data file under the data root into memory-mapped scratch files."""
     file = resolve_path(data.path, f"{path}.path", data_root)
     data_format = int(data.format) or _EXTENSIONS.get(file.suffix.lower(), 0)
     if data_format == spec_pb2.DATA_FORMAT_NPZ:
-        return _read_npz(file, data, path)
+        return _read_npz(file, data, path, datasets)
     if data_format == spec_pb2.DATA_FORMAT_CSV:
         return _read_csv(file, data, path, datasets)
     if data_format == spec_pb2.DATA_FORMAT_TFRECORD:
-        return _read_tfrecord(file, data, path)
+        return _read_tfrecord(file, data, path, datasets)
     raise InvalidArgument.field(
         f"{path}.format",
         f"expected a format, or a path ending in .npz, .csv or .tfrecord, "
@@ -178,25 +183,95 @@ def resolve_path(relative: str, path: str, data_root: Path) -> Path:
     return file
 
 
-def _read_npz(file: Path, data: spec_pb2.DataFile, path: str) -> tuple[Array, Array]:
-    # TODO: .npz arrays are decompressed whole into memory (an archive cannot
-    # be memory-mapped); sets larger than RAM must be uploaded as datasets.
+def _read_npz(
+    file: Path, data: spec_pb2.DataFile, path: str, datasets: DatasetStore
+) -> tuple[Array, Array]:
+    """Read two arrays of an .npz archive, each memory-mapped from a scratch file.
+
+    Each array's bytes are decompressed a megabyte at a time into an unnamed
+    scratch file beside the uploaded datasets, so an archive larger than
+    memory trains like an uploaded dataset, and rewriting the archive while
+    a job trains cannot change or truncate what it reads.
+    """
     keys = (data.features_key or "features", data.labels_key or "labels")
     try:
-        with np.load(file, allow_pickle=False) as archive:
-            missing = [key for key in keys if key not in archive.files]
-            if missing:
-                field = "features_key" if missing[0] == keys[0] else "labels_key"
-                raise InvalidArgument.field(
-                    f"{path}.{field}",
-                    f"expected an array of {data.path!r} (one of "
-                    f"{sorted(archive.files)}), received {missing[0]!r}",
-                )
-            return archive[keys[0]], archive[keys[1]]
-    except (OSError, ValueError) as error:
+        with zipfile.ZipFile(file) as archive:
+            members = {
+                name.removesuffix(".npy"): name
+                for name in archive.namelist()
+                if name.endswith(".npy")
+            }
+            for key, field in zip(keys, ("features_key", "labels_key"), strict=True):
+                if key not in members:
+                    raise InvalidArgument.field(
+                        f"{path}.{field}",
+                        f"expected an array of {data.path!r} (one of "
+                        f"{sorted(members)}), received {key!r}",
+                    )
+            features, labels = (
+                _npz_array(archive, members[key], datasets) for key in keys
+            )
+            return features, labels
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise InvalidArgument.field(
             f"{path}.path", f"expected a readable .npz file, received {error}"
         ) from None
+
+
+def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) -> Array:
+    """Copy one .npy member's values to a scratch file; return them mapped.
+
+    Raises:
+        ValueError: the member is no .npy array of plain values.
+    """
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"{member} is in .npy format {version}, not 1.0 or 2.0")
+        if dtype.hasobject:
+            raise ValueError(f"{member} holds Python objects, not numbers")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected == 0:
+            return np.empty(shape, dtype=dtype)
+        free = shutil.disk_usage(datasets.root).free
+        if expected > free:
+            raise ValueError(
+                f"{member} takes {expected} bytes unpacked, more than the "
+                f"{free} bytes free beside the datasets"
+            )
+        with datasets.scratch() as scratch:
+            copied = _copy_at_most(stream, scratch, expected + 1)
+            if copied != expected:
+                raise ValueError(
+                    f"{member} holds {'more' if copied > expected else copied} "
+                    f"bytes of values, where its shape {list(shape)} and dtype "
+                    f"{dtype.name} take {expected}"
+                )
+            scratch.flush()
+            mapped: Array = np.memmap(
+                scratch,
+                dtype=dtype,
+                mode="r",
+                shape=shape,
+                order="F" if fortran else "C",
+            )
+            return mapped
+
+
+def _copy_at_most(source: IO[bytes], target: IO[bytes], limit: int) -> int:
+    """Copy up to `limit` bytes, NPZ_COPY_BYTES at a time; return the count."""
+    copied = 0
+    while copied < limit:
+        block = source.read(min(NPZ_COPY_BYTES, limit - copied))
+        if not block:
+            break
+        target.write(block)
+        copied += len(block)
+    return copied
 
 
 def _read_csv(
@@ -274,8 +349,8 @@ def _csv_blocks(reader: Any, columns: int, path: str) -> Iterator[Array]:
 
 def _mapped(scratch: BinaryIO, rows: int, columns: int) -> Array:
     """Map the float32 rows written to a scratch file, read-only."""
-    if rows == 0:
-        return np.empty((0, columns), dtype=np.float32)
+    if rows * columns == 0:
+        return np.empty((rows, columns), dtype=np.float32)
     scratch.flush()
     mapped: Array = np.memmap(
         scratch, dtype=np.float32, mode="r", shape=(rows, columns)
@@ -298,27 +373,67 @@ def _label_columns(header: list[str], data: spec_pb2.DataFile, path: str) -> lis
 
 
 def _read_tfrecord(
-    file: Path, data: spec_pb2.DataFile, path: str
+    file: Path, data: spec_pb2.DataFile, path: str, datasets: DatasetStore
 ) -> tuple[Array, Array]:
+    """Read a TFRecord file's float features and labels, memory-mapped.
+
+    Each record's values are written to unnamed scratch files beside the
+    uploaded datasets as it is read, so a file larger than memory trains.
+    """
     import tensorflow as tf
 
     keys = (data.features_key or "features", data.labels_key or "labels")
     shapes = (list(data.features_shape), list(data.labels_shape))
-    columns: tuple[list[Array], list[Array]] = ([], [])
-    try:
-        for i, raw in enumerate(tf.data.TFRecordDataset(str(file)).as_numpy_iterator()):
-            example = _parse_example(raw, i, data.path, path)
-            for key, column in zip(keys, columns, strict=True):
-                column.append(_float_feature(example, key, i, path))
-    except tf.errors.OpError as error:
+    fields = (f"{path}.features_shape", f"{path}.labels_shape")
+    sizes: list[int] = []
+    rows = 0
+    with datasets.scratch() as features_file, datasets.scratch() as labels_file:
+        files = (features_file, labels_file)
+        try:
+            records = tf.data.TFRecordDataset(str(file)).as_numpy_iterator()
+            for i, raw in enumerate(records):
+                example = _parse_example(raw, i, data.path, path)
+                values = [_float_feature(example, key, i, path) for key in keys]
+                if not sizes:
+                    sizes = [len(v) for v in values]
+                for value, size, field, scratch in zip(
+                    values, sizes, fields, files, strict=True
+                ):
+                    if len(value) != size:
+                        raise InvalidArgument.field(
+                            field,
+                            f"expected records of equal length, received "
+                            f"{size} values in record 0 and {len(value)} in "
+                            f"record {i}",
+                        )
+                    scratch.write(value.tobytes())
+                rows += 1
+        except tf.errors.OpError as error:
+            raise InvalidArgument.field(
+                f"{path}.path",
+                f"expected a readable TFRecord file, received {error.message}",
+            ) from None
+        if not rows:
+            return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
+        features, labels = (
+            _mapped(scratch, rows, size).reshape(
+                (rows, *_example_shape(shape, size, field))
+            )
+            for scratch, shape, size, field in zip(
+                files, shapes, sizes, fields, strict=True
+            )
+        )
+        return features, labels
+
+
+def _example_shape(shape: list[int], size: int, path: str) -> list[int]:
+    """Return the per-example shape of `size` values, `shape` if one is given."""
+    target = shape or [size]
+    if math.prod(target) != size:
         raise InvalidArgument.field(
-            f"{path}.path",
-            f"expected a readable TFRecord file, received {error.message}",
-        ) from None
-    return (
-        _reshape(columns[0], shapes[0], f"{path}.features_shape"),
-        _reshape(columns[1], shapes[1], f"{path}.labels_shape"),
-    )
+            path, f"expected a shape of {size} values, received {target}"
+        )
+    return target
 
 
 def _parse_example(raw: bytes, index: int, relative: str, path: str) -> Any:
@@ -343,20 +458,3 @@ def _float_feature(example: Any, key: str, index: int, path: str) -> Array:
             "has none",
         )
     return np.asarray(feature[key].float_list.value, dtype=np.float32)
-
-
-def _reshape(rows: list[Array], shape: list[int], path: str) -> Array:
-    if not rows:
-        return np.zeros((0,), np.float32)
-    sizes = {len(row) for row in rows}
-    if len(sizes) != 1:
-        raise InvalidArgument.field(
-            path, f"expected records of equal length, received lengths {sorted(sizes)}"
-        )
-    size = sizes.pop()
-    target = shape or [size]
-    if math.prod(target) != size:
-        raise InvalidArgument.field(
-            path, f"expected a shape of {size} values, received {target}"
-        )
-    return np.stack(rows).reshape((len(rows), *target))
