@@ -510,6 +510,34 @@ def test_tfrecord_lengths_that_do_not_fit_are_refused(
     assert expected in error.value.message
 
 
+def test_a_job_cancelled_while_queued_lets_go_of_its_scratch_files(
+    start_server: Any,
+) -> None:
+    running = start_server(max_concurrent_jobs=1)
+    name = f"{unique('queued')}.csv"
+    x, y = linear_data(rows=24)
+    with (_data_root(running) / name).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "b", "c", "d", "y"])
+        writer.writerows(np.hstack([x, y]).tolist())
+    long = training_spec(unique("long"), epochs=100_000, checkpoint_every_steps=100_000)
+    with Client(running.address, timeout=60) as client:
+        first = client.start_training(long)
+        queued = client.start_training(training_spec(unique("csv"), _file(name)))
+        assert client.get_job(queued.job_id).state == (
+            training_service_pb2.JOB_STATE_QUEUED
+        )
+        held_while_queued = _held_under(running.app.jobs.datasets.root)
+
+        client.cancel(queued.job_id)
+        gc.collect()
+        held_after = _held_under(running.app.jobs.datasets.root)
+        client.cancel(first.job_id)
+
+    assert len(held_while_queued) >= 2
+    assert held_after == []
+
+
 def test_a_tfrecord_record_that_is_not_an_example_names_the_record(
     client: Client, server: Any
 ) -> None:

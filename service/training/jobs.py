@@ -349,6 +349,9 @@ class JobManager:
             logger.exception("job %s: cannot flush its event log", job.record.job_id)
 
     def _end(self, job: _Job, outcome: Outcome) -> None:
+        # A job cancelled while queued still holds its plan: its model, and
+        # its examples' memory and scratch files.
+        job.plan = None
         record = job.record
         record.state = outcome.state
         record.error = outcome.message if outcome.state == FAILED else ""
