@@ -354,6 +354,34 @@ def test_import_over_the_size_limit_is_refused(
     assert listed == []
 
 
+def test_import_of_an_archive_that_unpacks_past_the_limit_is_refused(
+    start_server: Any, tmp_path: Path
+) -> None:
+    running = start_server(max_message_bytes=4096)  # imports up to 64 KiB
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(
+        tmp_path / "good.keras"
+    )
+    bomb = tmp_path / "bomb.keras"
+    with (
+        zipfile.ZipFile(tmp_path / "good.keras") as good,
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive,
+    ):
+        for member in good.namelist():
+            archive.writestr(member, good.read(member))
+        archive.writestr("padding.bin", b"\0" * (1 << 20))
+    data = bomb.read_bytes()
+    assert len(data) < 64 * 1024
+
+    with grpc.insecure_channel(running.address) as channel:
+        error = code_of(lambda: upload(channel, "bomb", data, chunk=2048))
+        listed = Client(channel=channel).list_models()
+
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "unpacks to" in error.message
+    assert "the largest accepted is 65536 bytes" in error.message
+    assert listed == []
+
+
 def test_saved_model_export_is_callable_by_tensorflow(
     client: Client, tmp_path: Path
 ) -> None:

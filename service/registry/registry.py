@@ -137,7 +137,12 @@ class ModelRegistry:
             shutil.rmtree(staged, ignore_errors=True)
 
     def import_file(
-        self, model_name: str, path: Path, *, description: str = ""
+        self,
+        model_name: str,
+        path: Path,
+        *,
+        description: str = "",
+        max_unpacked_bytes: int | None = None,
     ) -> model_service_pb2.ModelVersion:
         """Store a .keras file as the next version, once it loads safely.
 
@@ -145,9 +150,11 @@ class ModelRegistry:
             InvalidArgument: the name is invalid, or the file is not a .keras
                 file that loads with safe_mode and whose inputs are known;
                 nothing is stored then.
+            ResourceExhausted: the archive's members would unpack to more
+                than `max_unpacked_bytes`.
         """
         check_model_name(model_name)
-        model = _load_upload(path)
+        model = _load_upload(path, max_unpacked_bytes)
         record = _new_record(
             model_name,
             model,
@@ -175,7 +182,8 @@ class ModelRegistry:
 
         Raises:
             InvalidArgument: as import_file.
-            ResourceExhausted: the file is, or is declared, over `max_bytes`.
+            ResourceExhausted: the file is, or is declared, over `max_bytes`,
+                or would unpack to more.
         """
         check_model_name(model_name)
         _check_upload_size(declared_bytes, max_bytes, declared=True)
@@ -183,7 +191,9 @@ class ModelRegistry:
         try:
             path = spool / "upload.keras"
             _receive(chunks, path, max_bytes)
-            return self.import_file(model_name, path, description=description)
+            return self.import_file(
+                model_name, path, description=description, max_unpacked_bytes=max_bytes
+            )
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
@@ -546,18 +556,26 @@ def _check_openable(path: Path) -> None:
         pass
 
 
-def _load_upload(path: Path) -> keras.Model:
-    """Load an uploaded .keras file with safe_mode, or explain why it fails."""
+def _load_upload(path: Path, max_unpacked_bytes: int | None) -> keras.Model:
+    """Load an uploaded .keras file with safe_mode, or explain why it fails.
+
+    Keras saves its archives uncompressed, so a model's members unpack to
+    its file's size; an archive that would unpack to more than the limit is
+    refused before Keras reads it, which stops decompression bombs.
+    """
     # TODO: uploads are loaded inside the server process; safe_mode refuses
-    # code, but a crafted archive (a decompression bomb in its weights) can
-    # still exhaust the server's memory. Loading in a child process with a
-    # memory limit would contain it.
+    # code and the unpacked size is bounded, but a crafted config (a layer
+    # of billions of units) still makes Keras allocate its weights while
+    # building it, which can exhaust the server's memory. Loading in a child
+    # process with a memory limit would contain it.
     if not zipfile.is_zipfile(path):
         raise InvalidArgument.field(
             "chunk",
             "expected a .keras (zip) archive, received "
             f"{path.stat().st_size} bytes that are not one",
         )
+    if max_unpacked_bytes is not None:
+        _check_unpacked_size(path, max_unpacked_bytes)
 
     try:
         return keras.saving.load_model(path, safe_mode=True)
@@ -568,6 +586,21 @@ def _load_upload(path: Path) -> keras.Model:
             "expected the bytes of a .keras file that loads with safe_mode, "
             f"received one that fails: {_load_failure(error)}",
         ) from None
+
+
+def _check_unpacked_size(path: Path, max_bytes: int) -> None:
+    """Refuse an archive whose members declare more than `max_bytes` in all.
+
+    zipfile never unpacks a member past its declared size, so the sum bounds
+    what loading can unpack.
+    """
+    with zipfile.ZipFile(path) as archive:
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > max_bytes:
+        raise ResourceExhausted(
+            f"the model file unpacks to {unpacked} bytes; the largest accepted "
+            f"is {max_bytes} bytes"
+        )
 
 
 def _load_failure(error: Exception) -> str:
