@@ -19,6 +19,7 @@ from kerasrpc.v1 import inference_service_pb2
 from tests.inference_models import (
     BUILDERS,
     example_inputs,
+    output_names,
     reference,
     store,
     unique,
@@ -69,6 +70,23 @@ def test_a_single_input_model_accepts_its_input_under_any_name(
     np.testing.assert_allclose(
         outputs["scores"], stored.expected()["scores"], **TOLERANCE
     )
+
+
+def test_a_subclassed_model_called_on_one_batch_size_serves_any(
+    client: Client, tmp_path: Path
+) -> None:
+    from kerasrpc.service.keras import SingleDenseModel
+
+    model = SingleDenseModel(units=3)
+    model(np.zeros((32, 6), "float32"))  # built by a call, on a batch of 32
+    stored = store(client, tmp_path, "subclassed", model=model)
+    x = example_inputs("subclassed", 5)["inputs"]
+
+    [given] = client.metadata(stored.name).inputs
+    outputs = client.predict(stored.name, x)
+
+    assert list(given.shape) == [-1, 6]
+    np.testing.assert_allclose(outputs[output_names(model)[0]], model(x), **TOLERANCE)
 
 
 def test_output_names_select_outputs_and_unknown_ones_list_the_known(

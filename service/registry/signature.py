@@ -22,8 +22,9 @@ def model_signature(
 
     Inputs are named after their Keras InputLayer. A subclassed model has no
     InputLayer: its one input is named after the first argument of `call` and
-    its shape is the one the model was built for. A single output is named
-    after the model's last layer; several take the model's output names.
+    its shape is the one the model was built for, with any batch size. A
+    single output is named after the model's last layer; several take the
+    model's output names.
 
     Raises:
         SignatureError: the model was never built, so it has no input shape.
@@ -67,7 +68,9 @@ def _built_shape(model: keras.Model) -> tuple[int | None, ...]:
             f"the model {model.name!r} was never built or called on one input, "
             "so its input shape is unknown"
         )
-    return tuple(shape)
+    # The first dimension is the batch: a model called on a batch of 32
+    # records 32 there, but serves batches of any size.
+    return (None, *shape[1:])
 
 
 def _call_argument(model: keras.Model) -> str:
