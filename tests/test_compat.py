@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -465,13 +466,91 @@ def test_tf_serving_errors_keep_their_codes(
     assert "inputs[features]" in strings.value.details()
 
 
-def test_health_and_reflection_include_both_protocols(channel: grpc.Channel) -> None:
+def model_status(channel: grpc.Channel, name: str, version: int = 0) -> list[Any]:
+    """Ask TF Serving's ModelService; return (version, state, code, message)s."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    if version:
+        request.model_spec.version.value = version
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    response = stub.GetModelStatus(request, timeout=60)
+    return [
+        (s.version, s.state, s.status.error_code, s.status.error_message)
+        for s in response.model_version_status
+    ]
+
+
+def test_tf_serving_model_status_reports_versions_and_why_one_cannot_load(
+    start_server: Any, tmp_path: Path
+) -> None:
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+    )
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    ended = get_model_status_pb2.ModelVersionStatus.END
+    state = tmp_path / "state"
+    first = start_server(state)
+    with Client(first.address, timeout=60) as client:
+        model = store(client, tmp_path, "sequential")
+        store(client, tmp_path, "sequential", name=model.name)
+    first.stop(grace=1.0)
+    # A zip that Keras refuses: found out when version 2 is first loaded.
+    with zipfile.ZipFile(state / "models" / model.name / "2" / "model.keras", "w") as z:
+        z.writestr("config.json", '{"class_name": "Nothing"}')
+
+    second = start_server(state)
+    with grpc.insecure_channel(second.address) as channel:
+        before = model_status(channel, model.name)
+        one = model_status(channel, model.name, 1)
+        broken = model_status(channel, model.name, 2)
+        after = model_status(channel, model.name)
+        with pytest.raises(grpc.RpcError) as unknown_model:
+            model_status(channel, unique("absent"))
+        with pytest.raises(grpc.RpcError) as unknown_version:
+            model_status(channel, model.name, 9)
+        with pytest.raises(grpc.RpcError) as reload:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                model_management_pb2.ReloadConfigRequest(),
+                timeout=30,
+            )
+
+    assert before == [(1, available, 0, ""), (2, available, 0, "")]
+    assert one == [(1, available, 0, "")]
+    [(number, status, code, message)] = broken
+    assert (number, status, code) == (
+        2,
+        ended,
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+    )
+    assert f"version 2 of model {model.name!r} cannot be loaded" in message
+    # Once found out, the registry knows why, and reports it unasked.
+    assert after[0] == (1, available, 0, "")
+    assert after[1][:3] == (2, ended, code)
+    assert after[1][3]
+    assert after[1][3] in message
+    assert unknown_model.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown_version.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reload.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_health_and_reflection_include_the_compatible_services(
+    channel: grpc.Channel,
+) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
     )
 
-    names = ("inference.GRPCInferenceService", "tensorflow.serving.PredictionService")
+    names = (
+        "inference.GRPCInferenceService",
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+    )
     health = health_pb2_grpc.HealthStub(channel)
     services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
 

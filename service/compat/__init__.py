@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 OPEN_INFERENCE_SERVICE = "inference.GRPCInferenceService"
 TF_SERVING_SERVICE = "tensorflow.serving.PredictionService"
+TF_SERVING_MODEL_SERVICE = "tensorflow.serving.ModelService"
 
 
 def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
@@ -20,11 +21,12 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         decode_infer_request,
     )
     from kerasrpc.service.compat.tf_serving import (
+        TfServingModelServicer,
         TfServingServicer,
         decode_predict_request,
     )
     from kerasrpc.service.registration import add_servicer
-    from tensorflow_serving.apis import prediction_service_pb2
+    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
     from tritonclient.grpc import service_pb2
 
     add_servicer(
@@ -39,4 +41,9 @@ def add_compat_services(server: grpc.Server, app: Application) -> list[str]:
         TfServingServicer(app),
         {"Predict": decode_predict_request},
     )
-    return [OPEN_INFERENCE_SERVICE, TF_SERVING_SERVICE]
+    add_servicer(
+        server,
+        model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+        TfServingModelServicer(app),
+    )
+    return [OPEN_INFERENCE_SERVICE, TF_SERVING_SERVICE, TF_SERVING_MODEL_SERVICE]

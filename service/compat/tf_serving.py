@@ -1,4 +1,4 @@
-"""TensorFlow Serving's PredictionService, for its existing clients."""
+"""TensorFlow Serving's PredictionService and ModelService, for their clients."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from kerasrpc.client import codec
 from kerasrpc.client.tensors import numpy_dtype
-from kerasrpc.service.errors import FieldViolation, InvalidArgument
+from kerasrpc.service.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from kerasrpc.service.inference.limits import check_response_size
 from kerasrpc.service.servicers.inference import caller_limits
 from kerasrpc.v1 import tensor_pb2
@@ -22,7 +22,9 @@ from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
+    get_model_status_pb2,
     model_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
@@ -105,6 +107,56 @@ class TfServingServicer(prediction_service_pb2_grpc.PredictionServiceServicer): 
             model_spec=_answered_spec(model_name, number),
             metadata={SIGNATURE_DEF_FIELD: packed},
         )
+
+
+class TfServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    """Serve tensorflow.serving.ModelService's GetModelStatus from the registry.
+
+    Every stored version is servable: it loads on first use.
+    HandleReloadConfigRequest answers UNIMPLEMENTED, since versions come and
+    go through ModelService's API, not a config file.
+    """
+
+    def __init__(self, app: Application) -> None:
+        self._app = app
+
+    def GetModelStatus(  # noqa: N802
+        self,
+        request: get_model_status_pb2.GetModelStatusRequest,
+        context: grpc.ServicerContext,
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """Report one version's state, loading it, or every version's.
+
+        A version is AVAILABLE, or END with the reason it cannot be loaded.
+        Asked for all versions, it reports what the registry knows without
+        loading them; asked for one, it loads and compiles it first, like
+        Open Inference's ModelReady.
+        """
+        model_name, version = model_target(request.model_spec)
+        if version:
+            try:
+                self._app.inference.warm(model_name, version)
+            except FailedPrecondition as error:
+                return _statuses((version, error.message))
+            return _statuses((version, ""))
+        model = self._app.registry.get_model(model_name)
+        return _statuses(*((v.version, v.load_error) for v in model.versions))
+
+
+def _statuses(
+    *versions: tuple[int, str],
+) -> get_model_status_pb2.GetModelStatusResponse:
+    """Describe (version, load error) pairs: AVAILABLE, or END with the error."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for number, error in versions:
+        status = response.model_version_status.add(version=number)
+        if error:
+            status.state = get_model_status_pb2.ModelVersionStatus.END
+            status.status.error_code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            status.status.error_message = error
+        else:
+            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    return response
 
 
 def model_target(spec: model_pb2.ModelSpec) -> tuple[str, int]:
