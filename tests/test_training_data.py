@@ -313,8 +313,11 @@ def test_a_csv_file_that_is_not_utf8_names_its_path(
          "header, received 2 on line 3"),
         ("a,b,target\n1,2,3\n\n4,x,6\n", "could not convert string to float: "
          "'x' on line 4"),
+        ("a,b,target\n1,2,3\n" + "9" * 200_000 + ",2,3\n",
+         "expected a well-formed CSV file, received field larger than field "
+         "limit (131072) on line 3"),
     ],
-    ids=["ragged", "not-a-number"],
+    ids=["ragged", "not-a-number", "huge-field"],
 )  # fmt: skip
 def test_a_bad_csv_row_names_its_line(
     client: Client, server: Any, text: str, expected: str
@@ -415,6 +418,23 @@ def test_a_bad_npz_member_is_refused_naming_it(
     assert "expected a readable .npz file" in error.value.message
     assert expected in error.value.message
     assert _held_under(datasets.root) == []
+
+
+def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:
+    locked = _npz_with(tmp_path, "features.npy", _npy(np.zeros((2, 1))))
+    # Mark the first member encrypted, in its local and central headers:
+    # zipfile then wants a password to read it.
+    data = bytearray(locked.read_bytes())
+    data[6] |= 0x1
+    data[data.index(b"PK\x01\x02") + 8] |= 0x1
+    (tmp_path / "locked.npz").write_bytes(data)
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(InvalidArgument) as error:
+        read_file(spec_pb2.DataFile(path="locked.npz"), "file", tmp_path, datasets)
+
+    assert [v.field for v in error.value.violations] == ["file.path"]
+    assert "encrypted" in error.value.message
 
 
 def test_an_npz_key_that_is_absent_names_the_keys_there(tmp_path: Path) -> None:

@@ -212,7 +212,15 @@ def _read_npz(
                 _npz_array(archive, members[key], datasets) for key in keys
             )
             return features, labels
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        RuntimeError,  # an encrypted member
+        NotImplementedError,  # a compression method zipfile lacks
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as error:
         raise InvalidArgument.field(
             f"{path}.path", f"expected a readable .npz file, received {error}"
         ) from None
@@ -290,14 +298,23 @@ def _read_csv(
             datasets.scratch() as labels_file,
         ):
             reader = csv.reader(handle)
-            header = _csv_header(reader, path)
-            label_columns = _label_columns(header, data, path)
-            feature_columns = [i for i in range(len(header)) if i not in label_columns]
-            rows = 0
-            for block in _csv_blocks(reader, len(header), path):
-                features_file.write(block[:, feature_columns].tobytes())
-                labels_file.write(block[:, label_columns].tobytes())
-                rows += len(block)
+            try:
+                header = _csv_header(reader, path)
+                label_columns = _label_columns(header, data, path)
+                feature_columns = [
+                    i for i in range(len(header)) if i not in label_columns
+                ]
+                rows = 0
+                for block in _csv_blocks(reader, len(header), path):
+                    features_file.write(block[:, feature_columns].tobytes())
+                    labels_file.write(block[:, label_columns].tobytes())
+                    rows += len(block)
+            except csv.Error as error:
+                raise InvalidArgument.field(
+                    f"{path}.path",
+                    f"expected a well-formed CSV file, received {error} on line "
+                    f"{reader.line_num}",
+                ) from None
             return (
                 _mapped(features_file, rows, len(feature_columns)),
                 _mapped(labels_file, rows, len(label_columns)),
