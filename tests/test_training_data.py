@@ -6,6 +6,7 @@ import csv
 import gc
 import io
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
 from kerasrpc.service.errors import InvalidArgument
@@ -418,6 +421,51 @@ def test_a_bad_npz_member_is_refused_naming_it(
     assert "expected a readable .npz file" in error.value.message
     assert expected in error.value.message
     assert _held_under(datasets.root) == []
+
+
+def _valid_file(suffix: str) -> bytes:
+    """Return the bytes of a small valid data file of this format."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"valid{suffix}"
+        x, y = linear_data(rows=3)
+        if suffix == ".npz":
+            np.savez_compressed(path, features=x, labels=y)
+        elif suffix == ".csv":
+            path.write_text("a,b,c,d,y\n" + "\n".join(
+                ",".join(str(v) for v in row) for row in np.hstack([x, y])
+            ))  # fmt: skip
+        else:
+            _tfrecord(path, [(row, label) for row, label in zip(x, y, strict=True)])
+        return path.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz", ".tfrecord"])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_damaged_data_files_are_read_or_refused_never_failing_otherwise(
+    tmp_path_factory: pytest.TempPathFactory, suffix: str, data: st.DataObject
+) -> None:
+    valid = _valid_file(suffix)
+    damaged = bytearray(valid)
+    for _ in range(data.draw(st.integers(1, 8))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(
+            st.integers(0, 255)
+        )
+    cut = data.draw(st.integers(1, len(damaged)))
+    folder = tmp_path_factory.mktemp("damaged")
+    (folder / f"file{suffix}").write_bytes(bytes(damaged[:cut]))
+    datasets = DatasetStore(folder / "datasets")
+    source = spec_pb2.DataFile(path=f"file{suffix}")
+
+    try:
+        features, labels = read_file(source, "file", folder, datasets)
+    except InvalidArgument as error:
+        refused = [v.field.split(".")[0] for v in error.violations]
+    else:
+        refused = []
+        assert len(features) == len(labels)
+
+    assert refused in ([], ["file"])
 
 
 def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:
