@@ -290,6 +290,25 @@ def test_import_of_garbage_is_invalid_and_stores_nothing(
     assert code_of(lambda: client.get_model(name)).code == grpc.StatusCode.NOT_FOUND
 
 
+def test_import_of_an_archive_with_a_damaged_directory_is_invalid(
+    client: Client, channel: grpc.Channel, tmp_path: Path
+) -> None:
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(
+        tmp_path / "good.keras"
+    )
+    data = bytearray((tmp_path / "good.keras").read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[entry : entry + 4] = b"XXXX"
+    name = unique("damaged")
+
+    error = code_of(lambda: upload(channel, name, bytes(data)))
+
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["chunk"]
+    assert "received a damaged one" in error.message
+    assert code_of(lambda: client.get_model(name)).code == grpc.StatusCode.NOT_FOUND
+
+
 def test_import_of_an_archive_that_fails_to_load_hides_server_details(
     client: Client, channel: grpc.Channel, server: Any, tmp_path: Path
 ) -> None:

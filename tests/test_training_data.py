@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
-from kerasrpc.service.errors import InvalidArgument
+from kerasrpc.service.errors import InvalidArgument, ResourceExhausted
 from kerasrpc.service.training.data import CSV_BLOCK_ROWS, read_file
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
@@ -466,6 +466,27 @@ def test_damaged_data_files_are_read_or_refused_never_failing_otherwise(
         assert len(features) == len(labels)
 
     assert refused in ([], ["file"])
+
+
+class FullDisk(DatasetStore):
+    """A dataset store whose scratch files are /dev/full: every write fails."""
+
+    def scratch(self) -> Any:
+        return open("/dev/full", "w+b")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz", ".tfrecord"])
+def test_a_full_disk_refuses_a_data_file_as_resource_exhausted(
+    tmp_path: Path, suffix: str
+) -> None:
+    (tmp_path / f"train{suffix}").write_bytes(_valid_file(suffix))
+    source = spec_pb2.DataFile(path=f"train{suffix}")
+
+    with pytest.raises(ResourceExhausted) as error:
+        read_file(source, "file", tmp_path, FullDisk(tmp_path / "datasets"))
+
+    assert "no disk space is left beside the datasets" in error.value.message
+    assert f"'train{suffix}'" in error.value.message
 
 
 def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:

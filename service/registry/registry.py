@@ -594,8 +594,13 @@ def _check_unpacked_size(path: Path, max_bytes: int) -> None:
     zipfile never unpacks a member past its declared size, so the sum bounds
     what loading can unpack.
     """
-    with zipfile.ZipFile(path) as archive:
-        unpacked = sum(member.file_size for member in archive.infolist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except zipfile.BadZipFile as error:
+        raise InvalidArgument.field(
+            "chunk", f"expected a .keras (zip) archive, received a damaged one: {error}"
+        ) from None
     if unpacked > max_bytes:
         raise ResourceExhausted(
             f"the model file unpacks to {unpacked} bytes; the largest accepted "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import shutil
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -17,16 +18,19 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 from kerasrpc.client.tensors import TensorFormatError, to_array
-from kerasrpc.service.errors import InvalidArgument, NotFound
+from kerasrpc.service.errors import InvalidArgument, NotFound, ResourceExhausted
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2
 
 Array = npt.NDArray[Any]
+Reader = Callable[[Path, spec_pb2.DataFile, str, DatasetStore], tuple[Array, Array]]
 FINITE_CHECK_ROWS = 65536
 # CSV rows parsed into one float32 block before it goes to the scratch files.
 CSV_BLOCK_ROWS = 8192
 # Bytes of an .npz member decompressed at a time into its scratch file.
 NPZ_COPY_BYTES = 1 << 20
+# The errors of a write that found the disk, or the user's quota, full.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 _EXTENSIONS: dict[str, int] = {
     ".npz": spec_pb2.DATA_FORMAT_NPZ,
@@ -141,20 +145,38 @@ def _check_finite(array: Array, field: str) -> None:
 def read_file(
     data: spec_pb2.DataFile, path: str, data_root: Path, datasets: DatasetStore
 ) -> tuple[Array, Array]:
-    """Read a data file under the data root into memory-mapped scratch files."""
+    """Read a data file under the data root into memory-mapped scratch files.
+
+    Raises:
+        InvalidArgument: the file cannot be read, or holds no valid examples.
+        ResourceExhausted: no disk space is left for the scratch files.
+    """
     file = resolve_path(data.path, f"{path}.path", data_root)
     data_format = int(data.format) or _EXTENSIONS.get(file.suffix.lower(), 0)
-    if data_format == spec_pb2.DATA_FORMAT_NPZ:
-        return _read_npz(file, data, path, datasets)
-    if data_format == spec_pb2.DATA_FORMAT_CSV:
-        return _read_csv(file, data, path, datasets)
-    if data_format == spec_pb2.DATA_FORMAT_TFRECORD:
-        return _read_tfrecord(file, data, path, datasets)
-    raise InvalidArgument.field(
-        f"{path}.format",
-        f"expected a format, or a path ending in .npz, .csv or .tfrecord, "
-        f"received {data.path!r}",
-    )
+    readers: dict[int, Reader] = {
+        spec_pb2.DATA_FORMAT_NPZ: _read_npz,
+        spec_pb2.DATA_FORMAT_CSV: _read_csv,
+        spec_pb2.DATA_FORMAT_TFRECORD: _read_tfrecord,
+    }
+    if data_format not in readers:
+        raise InvalidArgument.field(
+            f"{path}.format",
+            f"expected a format, or a path ending in .npz, .csv or .tfrecord, "
+            f"received {data.path!r}",
+        )
+    try:
+        return readers[data_format](file, data, path, datasets)
+    except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise ResourceExhausted(
+                f"no disk space is left beside the datasets for the values of "
+                f"{data.path!r}; free some, or train on fewer examples"
+            ) from None
+        raise InvalidArgument.field(
+            f"{path}.path",
+            f"expected a readable file, received {data.path!r}, which cannot "
+            f"be read: {error.strerror or error}",
+        ) from None
 
 
 def resolve_path(relative: str, path: str, data_root: Path) -> Path:
@@ -221,6 +243,8 @@ def _read_npz(
         zipfile.BadZipFile,
         zlib.error,
     ) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the disk or the file system, not the archive: see read_file
         raise InvalidArgument.field(
             f"{path}.path", f"expected a readable .npz file, received {error}"
         ) from None
@@ -231,6 +255,7 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
 
     Raises:
         ValueError: the member is no .npy array of plain values.
+        ResourceExhausted: its values need more disk than is free.
     """
     with archive.open(member) as stream:
         version = np.lib.format.read_magic(stream)
@@ -247,9 +272,9 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
             return np.empty(shape, dtype=dtype)
         free = shutil.disk_usage(datasets.root).free
         if expected > free:
-            raise ValueError(
+            raise ResourceExhausted(
                 f"{member} takes {expected} bytes unpacked, more than the "
-                f"{free} bytes free beside the datasets"
+                f"{free} bytes of disk free beside the datasets"
             )
         with datasets.scratch() as scratch:
             copied = _copy_at_most(stream, scratch, expected + 1)
