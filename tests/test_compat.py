@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import threading
+import time
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -215,6 +217,21 @@ def test_infer_errors_reach_the_client_as_its_exception(
     assert "model_version" in bad_version.value.message()
 
 
+def test_classification_outputs_are_refused_not_answered_raw(
+    triton_client: Any, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    features = triton_input("features", model.inputs["features"])
+    top = triton.InferRequestedOutput("scores", class_count=3)
+
+    with pytest.raises(InferenceServerException) as refused:
+        triton_client.infer(model.name, [features], outputs=[top])
+
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "outputs[0].parameters[classification]" in refused.value.message()
+    assert "classification extension is not supported" in refused.value.message()
+
+
 def test_raw_contents_of_the_wrong_size_are_refused(
     server: Any, stored: dict[str, Stored]
 ) -> None:
@@ -326,6 +343,52 @@ def test_stream_infer_failures_answer_their_request_and_the_stream_goes_on(
     for answer in (first, last):
         for name, value in model.expected().items():
             np.testing.assert_allclose(answer.as_numpy(name), value, **TOLERANCE)
+
+
+def test_a_failed_stream_request_is_answered_with_its_id(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    good = service_pb2.ModelInferRequest(model_name=model.name, id="good-1")
+    good.inputs.add(name="features", datatype="FP32", shape=[1, 2, 8])
+    good.raw_input_contents.append(np.zeros((1, 2, 8), "float32").tobytes())
+    bad = service_pb2.ModelInferRequest(model_name=unique("absent"), id="bad-1")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    answers = list(stub.ModelStreamInfer(iter([bad, good]), timeout=60))
+
+    assert [a.infer_response.id for a in answers] == ["bad-1", "good-1"]
+    assert answers[0].error_message.startswith("NOT_FOUND: ")
+    assert not answers[0].infer_response.outputs
+    assert answers[1].error_message == ""
+    assert [o.name for o in answers[1].infer_response.outputs] == ["scores"]
+
+
+def test_a_cancelled_infer_stream_leaves_no_threads_behind(
+    channel: grpc.Channel, stored: dict[str, Stored]
+) -> None:
+    model = stored["sequential"]
+    request = service_pb2.ModelInferRequest(model_name=model.name)
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 2, 8])
+    request.raw_input_contents.append(np.zeros((1, 2, 8), "float32").tobytes())
+
+    def endless() -> Any:
+        while True:
+            yield request
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    call = stub.ModelStreamInfer(endless(), timeout=60)
+    answered = [answer for _, answer in zip(range(5), call, strict=False)]
+    call.cancel()
+
+    def stream_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if "infer-stream" in t.name]
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stream_threads():
+        time.sleep(0.1)
+    assert [a.error_message for a in answered] == [""] * 5
+    assert not stream_threads()
 
 
 def test_small_batches_of_one_infer_stream_are_merged(

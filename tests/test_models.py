@@ -290,15 +290,28 @@ def test_import_of_garbage_is_invalid_and_stores_nothing(
     assert code_of(lambda: client.get_model(name)).code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data, entry: data.__setitem__(slice(entry, entry + 4), b"XXXX"),
+        # "Version needed to extract" 25.5, which zipfile does not support.
+        lambda data, entry: data.__setitem__(entry + 6, 0xFF),
+        # A name flagged UTF-8 that is not.
+        lambda data, entry: (
+            data.__setitem__(entry + 9, data[entry + 9] | 0x08),
+            data.__setitem__(entry + 46, 0xFF),
+        ),
+    ],
+    ids=["magic", "version", "utf8-name"],
+)
 def test_import_of_an_archive_with_a_damaged_directory_is_invalid(
-    client: Client, channel: grpc.Channel, tmp_path: Path
+    client: Client, channel: grpc.Channel, tmp_path: Path, damage: Any
 ) -> None:
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(
         tmp_path / "good.keras"
     )
     data = bytearray((tmp_path / "good.keras").read_bytes())
-    entry = data.index(b"PK\x01\x02")  # the first central directory entry
-    data[entry : entry + 4] = b"XXXX"
+    damage(data, data.index(b"PK\x01\x02"))  # the first central directory entry
     name = unique("damaged")
 
     error = code_of(lambda: upload(channel, name, bytes(data)))

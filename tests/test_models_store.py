@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -189,6 +190,27 @@ def test_temp_leftovers_and_stray_files_are_ignored(
 
     assert list((models / ".tmp").iterdir()) == []
     assert not (models / "steady" / ".model.json.partial").exists()
+
+
+def test_a_stored_fixed_batch_size_is_described_as_any_after_a_restart(
+    start_server: Any, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    store_versions(start_server, state, "fixed", 1)
+    record = state / "models/fixed/1/version.json"
+    data = json.loads(record.read_text())
+    for spec in data["signature"]["inputs"] + data["signature"]["outputs"]:
+        spec["shape"][0] = "32"  # as a version built on batches of 32 recorded it
+    record.write_text(json.dumps(data))
+
+    second = start_server(state)
+    with Client(second.address, timeout=60) as client:
+        metadata = client.metadata("fixed", 1)
+        outputs = client.predict("fixed", np.ones((3, 2, 8), "float32"))
+
+    assert [list(s.shape) for s in metadata.inputs] == [[-1, 2, 8]]
+    assert [list(s.shape) for s in metadata.outputs] == [[-1, 2, 5]]
+    assert [v.shape for v in outputs.values()] == [(3, 2, 5)]
 
 
 def test_unreadable_versions_are_reported_and_the_server_stays_healthy(

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
-from kerasrpc.service.errors import InvalidArgument, ResourceExhausted
+from kerasrpc.service.errors import Internal, InvalidArgument, ResourceExhausted
 from kerasrpc.service.training.data import CSV_BLOCK_ROWS, read_file
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
@@ -354,7 +354,10 @@ def test_csv_rows_are_read_in_blocks_into_memory_maps_that_leave_no_files(
     expected = rows.astype(np.float32)
     np.testing.assert_array_equal(features, expected[:, [0, 2, 3]])
     np.testing.assert_array_equal(labels, expected[:, [1]])
-    assert list((tmp_path / "datasets").iterdir()) == []
+    assert len(set(_held_under(datasets.root))) == 2  # held open and mapped
+    del features, labels
+    gc.collect()
+    assert _held_under(datasets.root) == []
 
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
@@ -382,11 +385,21 @@ def test_npz_arrays_are_copied_to_memory_maps_the_archive_cannot_change(
     assert _held_under(datasets.root) == []
 
 
-def _npz_with(tmp_path: Path, member: str, content: bytes) -> Path:
-    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as archive:
+def _npz_with(
+    tmp_path: Path, member: str, content: bytes, compression: int = zipfile.ZIP_STORED
+) -> Path:
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w", compression) as archive:
         archive.writestr(member, content)
         archive.writestr("labels.npy", _npy(np.zeros((2, 1))))
     return tmp_path / "bad.npz"
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """Return a .npy header for float64 values of `shape`, without the values."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -403,10 +416,17 @@ def _npy(array: np.ndarray) -> bytes:
         (_npy(np.zeros((4, 2)))[:-16],
          "features.npy holds 48 bytes of values, where its shape [4, 2] and dtype "
          "float64 take 64"),
-        (_npy(np.zeros((4, 2))) + b"\0" * 8, "features.npy holds more bytes"),
+        (_npy(np.zeros((4, 2))) + b"\0" * 8,
+         "features.npy holds 72 bytes of values, where its shape [4, 2] and "
+         "dtype float64 take 64"),
+        (_npy_header((10**15, 2)) + b"\0" * 64,
+         "features.npy holds 64 bytes of values, where its shape "
+         "[1000000000000000, 2] and dtype float64 take 16000000000000000"),
+        (_npy_header((-1, 2)) + b"\0" * 64,
+         "features.npy declares a negative size in [-1, 2]"),
         (b"not an array", "the magic string is not correct"),
     ],
-    ids=["objects", "short", "long", "not-npy"],
+    ids=["objects", "short", "long", "huge-shape", "negative-shape", "not-npy"],
 )  # fmt: skip
 def test_a_bad_npz_member_is_refused_naming_it(
     tmp_path: Path, content: bytes, expected: str
@@ -475,18 +495,56 @@ class FullDisk(DatasetStore):
         return open("/dev/full", "w+b")
 
 
+class GoneScratch(DatasetStore):
+    """A dataset store whose scratch folder has vanished."""
+
+    def scratch(self) -> Any:
+        return tempfile.TemporaryFile(dir=self.root / "gone")
+
+
+@pytest.mark.parametrize(
+    ("store", "refusal", "expected"),
+    [
+        (FullDisk, ResourceExhausted, "no disk space is left beside the datasets"),
+        (GoneScratch, Internal, "the server cannot write the scratch files for "),
+    ],
+    ids=["full-disk", "no-scratch-folder"],
+)
 @pytest.mark.parametrize("suffix", [".csv", ".npz", ".tfrecord"])
-def test_a_full_disk_refuses_a_data_file_as_resource_exhausted(
-    tmp_path: Path, suffix: str
+def test_scratch_files_that_fail_are_the_servers_fault_not_the_files(
+    tmp_path: Path, suffix: str, store: Any, refusal: Any, expected: str
 ) -> None:
     (tmp_path / f"train{suffix}").write_bytes(_valid_file(suffix))
     source = spec_pb2.DataFile(path=f"train{suffix}")
 
-    with pytest.raises(ResourceExhausted) as error:
-        read_file(source, "file", tmp_path, FullDisk(tmp_path / "datasets"))
+    with pytest.raises(refusal) as error:
+        read_file(source, "file", tmp_path, store(tmp_path / "datasets"))
 
-    assert "no disk space is left beside the datasets" in error.value.message
+    assert expected in error.value.message
     assert f"'train{suffix}'" in error.value.message
+    assert str(tmp_path) not in error.value.message
+
+
+@pytest.mark.parametrize(
+    "compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+)
+def test_a_corrupt_compressed_npz_member_is_refused(
+    tmp_path: Path, compression: int
+) -> None:
+    values = _npy(np.random.default_rng(0).normal(size=(200, 3)))
+    archive = _npz_with(tmp_path, "features.npy", values, compression)
+    data = bytearray(archive.read_bytes())
+    start = 30 + len("features.npy") + 40  # inside the first member's data
+    for i in range(start, start + 30):
+        data[i] ^= 0x5A
+    archive.write_bytes(data)
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(InvalidArgument) as error:
+        read_file(spec_pb2.DataFile(path="bad.npz"), "file", tmp_path, datasets)
+
+    assert [v.field for v in error.value.violations] == ["file.path"]
+    assert "expected a readable .npz file" in error.value.message
 
 
 def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:
@@ -599,7 +657,7 @@ def test_tfrecord_lengths_that_do_not_fit_are_refused(
     assert expected in error.value.message
 
 
-def test_a_job_cancelled_while_queued_lets_go_of_its_scratch_files(
+def test_a_job_cancelled_while_queued_lets_go_of_its_files(
     start_server: Any,
 ) -> None:
     running = start_server(max_concurrent_jobs=1)
@@ -616,15 +674,21 @@ def test_a_job_cancelled_while_queued_lets_go_of_its_scratch_files(
         assert client.get_job(queued.job_id).state == (
             training_service_pb2.JOB_STATE_QUEUED
         )
-        held_while_queued = _held_under(running.app.jobs.datasets.root)
+        scratch = running.app.jobs.datasets.root
+        job_folder = running.app.jobs.root / queued.job_id
+        held_while_queued = _held_under(scratch), _held_under(job_folder)
 
         client.cancel(queued.job_id)
         gc.collect()
-        held_after = _held_under(running.app.jobs.datasets.root)
+        held_after = _held_under(scratch), _held_under(job_folder)
+        watched = final_state(list(client.watch(queued.job_id)))
         client.cancel(first.job_id)
 
-    assert len(held_while_queued) >= 2
-    assert held_after == []
+    # The scratch files of its CSV file, and its event log.
+    assert len(held_while_queued[0]) >= 2
+    assert held_while_queued[1]
+    assert held_after == ([], [])
+    assert watched.state == training_service_pb2.JOB_STATE_CANCELLED
 
 
 def test_a_tfrecord_record_that_is_not_an_example_names_the_record(

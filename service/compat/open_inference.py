@@ -82,9 +82,9 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
     answer UNIMPLEMENTED.
     """
 
-    # TODO: shared-memory inputs and the classification extension are not
-    # served; clients that rely on them get INVALID_ARGUMENT and must send
-    # their tensors in the request.
+    # TODO: shared-memory inputs and outputs and the classification extension
+    # are not served; clients that rely on them get INVALID_ARGUMENT and must
+    # send and receive their tensors in the messages.
 
     def __init__(self, app: Application) -> None:
         self._app = app
@@ -155,6 +155,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
             if not request.model_name:
                 raise InvalidArgument.field("model_name", "required")
             version = parse_version(request.model_version, "model_version")
+            _check_requested_outputs(request.outputs)
             inputs = decode_inputs(request, raw)
         deadline, cancelled = caller_limits(context)
         prediction = self._app.inference.predict(
@@ -180,8 +181,8 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
 
         Up to STREAM_IN_FLIGHT requests are computed at once, so a stream's
         small batches merge. A request that fails gets an answer carrying
-        only its error_message, and the stream goes on, as the protocol's
-        clients expect.
+        its error_message and, in infer_response, only its id; the stream
+        goes on, as the protocol's clients expect.
         """
 
         def start(
@@ -203,8 +204,33 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
         except ServiceError as error:
             text = f"{status_code(error).name}: {error.message}"
             failed = service_pb2.ModelStreamInferResponse(error_message=text)
+            # The id tells a client which of its requests failed.
+            message = request.message if isinstance(request, InferRequest) else request
+            failed.infer_response.id = message.id
             return codec.Encoded([failed.SerializeToString()])
         return answer.nested(STREAM_INFER_RESPONSE)
+
+
+# Output parameters that ask for what the service does not do; others, such
+# as binary_data, only shape how an answer travels and change nothing here.
+_UNSERVED_OUTPUT_PARAMETERS = {
+    "classification": "the classification extension is not supported",
+    "shared_memory_region": "shared-memory outputs are not supported",
+}
+
+
+def _check_requested_outputs(
+    outputs: Sequence[service_pb2.ModelInferRequest.InferRequestedOutputTensor],
+) -> None:
+    """Refuse requested outputs that need what the service does not serve."""
+    violations = [
+        FieldViolation(f"outputs[{i}].parameters[{key}]", reason)
+        for i, output in enumerate(outputs)
+        for key, reason in _UNSERVED_OUTPUT_PARAMETERS.items()
+        if key in output.parameters
+    ]
+    if violations:
+        raise InvalidArgument.fields(violations)
 
 
 def parse_version(text: str, field: str) -> int:

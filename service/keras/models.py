@@ -195,12 +195,12 @@ def _check_inputs_used(
 
     Keras would build such a model: every caller would have to feed an input
     that changes nothing, and a node's layer would silently be left out.
-    Skipped while names are unresolved, where it would only repeat those
-    errors.
+    Skipped while names are unresolved or repeated, where it would only
+    repeat those errors.
     """
     known = set(defined)
     named = [name for node in spec.nodes for name in node.inputs] + list(spec.outputs)
-    if not all(name in known for name in named):
+    if len(known) != len(defined) or not all(name in known for name in named):
         return
     sources = {node.layer.name: node.inputs for node in spec.nodes}
     reached: set[str] = set()

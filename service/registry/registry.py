@@ -597,7 +597,11 @@ def _check_unpacked_size(path: Path, max_bytes: int) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(member.file_size for member in archive.infolist())
-    except zipfile.BadZipFile as error:
+    except (
+        zipfile.BadZipFile,
+        NotImplementedError,  # a zip version or feature zipfile lacks
+        ValueError,  # a member name flagged UTF-8 that is not
+    ) as error:
         raise InvalidArgument.field(
             "chunk", f"expected a .keras (zip) archive, received a damaged one: {error}"
         ) from None

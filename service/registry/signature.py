@@ -68,9 +68,7 @@ def _built_shape(model: keras.Model) -> tuple[int | None, ...]:
             f"the model {model.name!r} was never built or called on one input, "
             "so its input shape is unknown"
         )
-    # The first dimension is the batch: a model called on a batch of 32
-    # records 32 there, but serves batches of any size.
-    return (None, *shape[1:])
+    return tuple(shape)
 
 
 def _call_argument(model: keras.Model) -> str:
@@ -93,10 +91,17 @@ def _output_names(model: keras.Model, count: int) -> list[str]:
 
 
 def _spec(name: str, dtype: Any, shape: Any) -> tensor_pb2.TensorSpec:
+    """Describe a tensor; its first dimension, the batch, is of any size.
+
+    The service computes any batch size with every model, so a batch size
+    fixed in the model (keras.Input(batch_size=32)) is not one callers must
+    send.
+    """
+    dims = [-1 if d is None else int(d) for d in shape]
     return tensor_pb2.TensorSpec(
         name=name,
         dtype=_data_type(dtype),  # type: ignore[arg-type]
-        shape=[-1 if d is None else int(d) for d in shape],
+        shape=[-1, *dims[1:]] if dims else [],
     )
 
 

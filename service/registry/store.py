@@ -305,7 +305,12 @@ def check_model_file(path: Path) -> str:
 
 
 def _tensor_spec(data: dict[str, Any]) -> tensor_pb2.TensorSpec:
-    return json_format.ParseDict(data, tensor_pb2.TensorSpec())
+    spec = json_format.ParseDict(data, tensor_pb2.TensorSpec())
+    # Versions stored by earlier releases may record the batch size the model
+    # was built on; every version serves batches of any size.
+    if spec.shape:
+        spec.shape[0] = -1
+    return spec
 
 
 def read_json(path: Path) -> Any:

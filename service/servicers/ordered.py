@@ -47,6 +47,8 @@ def answer_in_order(
                 yield answer.result()
         finally:
             stop.set()
+            # Answers nobody will read are not computed; running ones finish.
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _read(

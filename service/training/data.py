@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import csv
 import errno
+import logging
+import lzma
 import math
 import os
 import shutil
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 from kerasrpc.client.tensors import TensorFormatError, to_array
-from kerasrpc.service.errors import InvalidArgument, NotFound, ResourceExhausted
+from kerasrpc.service.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2
+
+logger = logging.getLogger("kerasrpc.service.training")
 
 Array = npt.NDArray[Any]
 Reader = Callable[[Path, spec_pb2.DataFile, str, DatasetStore], tuple[Array, Array]]
@@ -142,6 +152,64 @@ def _check_finite(array: Array, field: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+class ScratchFailure(Exception):
+    """A scratch file could not be made, written or mapped: the server's fault."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextmanager
+def _servers_fault() -> Iterator[None]:
+    """Report the OS errors of the block as the server's (ScratchFailure)."""
+    try:
+        yield
+    except OSError as error:
+        raise ScratchFailure(error) from None
+
+
+class Scratch:
+    """An unnamed scratch file beside the datasets, written, then mapped.
+
+    Its OS errors raise ScratchFailure, so that they are not taken for
+    errors of the data file being read.
+    """
+
+    def __init__(self, datasets: DatasetStore) -> None:
+        with _servers_fault():
+            self._file = datasets.scratch()
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with _servers_fault():
+            self._file.close()
+
+    def write(self, data: bytes) -> None:
+        """Append bytes."""
+        with _servers_fault():
+            self._file.write(data)
+
+    def mapped(
+        self, dtype: np.dtype[Any], shape: Any, order: Literal["C", "F"] = "C"
+    ) -> Array:
+        """Map what was written, read-only, as an array of `dtype` and `shape`."""
+        with _servers_fault():
+            self._file.flush()
+            array: Array = np.memmap(
+                self._file, dtype=dtype, mode="r", shape=shape, order=order
+            )
+        return array
+
+    def rows(self, rows: int, columns: int) -> Array:
+        """Map what was written as float32 rows; no rows map to an empty array."""
+        if rows * columns == 0:
+            return np.empty((rows, columns), dtype=np.float32)
+        return self.mapped(np.dtype(np.float32), (rows, columns))
+
+
 def read_file(
     data: spec_pb2.DataFile, path: str, data_root: Path, datasets: DatasetStore
 ) -> tuple[Array, Array]:
@@ -150,6 +218,7 @@ def read_file(
     Raises:
         InvalidArgument: the file cannot be read, or holds no valid examples.
         ResourceExhausted: no disk space is left for the scratch files.
+        Internal: the scratch files cannot be written for another reason.
     """
     file = resolve_path(data.path, f"{path}.path", data_root)
     data_format = int(data.format) or _EXTENSIONS.get(file.suffix.lower(), 0)
@@ -166,12 +235,18 @@ def read_file(
         )
     try:
         return readers[data_format](file, data, path, datasets)
-    except OSError as error:
-        if error.errno in _NO_SPACE:
+    except ScratchFailure as failure:
+        if failure.error.errno in _NO_SPACE:
             raise ResourceExhausted(
                 f"no disk space is left beside the datasets for the values of "
                 f"{data.path!r}; free some, or train on fewer examples"
             ) from None
+        logger.error("scratch files for %s failed: %s", data.path, failure.error)
+        raise Internal(
+            f"the server cannot write the scratch files for {data.path!r}: "
+            f"{failure.error.strerror or failure.error}"
+        ) from None
+    except OSError as error:
         raise InvalidArgument.field(
             f"{path}.path",
             f"expected a readable file, received {data.path!r}, which cannot "
@@ -242,6 +317,7 @@ def _read_npz(
         NotImplementedError,  # a compression method zipfile lacks
         zipfile.BadZipFile,
         zlib.error,
+        lzma.LZMAError,
     ) as error:
         if isinstance(error, OSError) and error.errno is not None:
             raise  # the disk or the file system, not the archive: see read_file
@@ -267,35 +343,36 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
             raise ValueError(f"{member} is in .npy format {version}, not 1.0 or 2.0")
         if dtype.hasobject:
             raise ValueError(f"{member} holds Python objects, not numbers")
+        if any(size < 0 for size in shape):
+            raise ValueError(f"{member} declares a negative size in {list(shape)}")
         expected = math.prod(shape) * dtype.itemsize
+        # What the archive declares the member's values take, after the header.
+        declared = archive.getinfo(member).file_size - stream.tell()
+        if declared != expected:
+            raise ValueError(
+                f"{member} holds {declared} bytes of values, where its shape "
+                f"{list(shape)} and dtype {dtype.name} take {expected}"
+            )
         if expected == 0:
             return np.empty(shape, dtype=dtype)
-        free = shutil.disk_usage(datasets.root).free
+        with _servers_fault():
+            free = shutil.disk_usage(datasets.root).free
         if expected > free:
             raise ResourceExhausted(
-                f"{member} takes {expected} bytes unpacked, more than the "
-                f"{free} bytes of disk free beside the datasets"
+                f"{member} takes {expected} bytes unpacked, more disk than is "
+                "free beside the datasets"
             )
-        with datasets.scratch() as scratch:
+        with Scratch(datasets) as scratch:
             copied = _copy_at_most(stream, scratch, expected + 1)
             if copied != expected:
                 raise ValueError(
-                    f"{member} holds {'more' if copied > expected else copied} "
-                    f"bytes of values, where its shape {list(shape)} and dtype "
-                    f"{dtype.name} take {expected}"
+                    f"{member} holds {copied} bytes of values, where its shape "
+                    f"{list(shape)} and dtype {dtype.name} take {expected}"
                 )
-            scratch.flush()
-            mapped: Array = np.memmap(
-                scratch,
-                dtype=dtype,
-                mode="r",
-                shape=shape,
-                order="F" if fortran else "C",
-            )
-            return mapped
+            return scratch.mapped(dtype, shape, "F" if fortran else "C")
 
 
-def _copy_at_most(source: IO[bytes], target: IO[bytes], limit: int) -> int:
+def _copy_at_most(source: IO[bytes], target: Scratch, limit: int) -> int:
     """Copy up to `limit` bytes, NPZ_COPY_BYTES at a time; return the count."""
     copied = 0
     while copied < limit:
@@ -319,8 +396,8 @@ def _read_csv(
     try:
         with (
             file.open(newline="", encoding="utf-8") as handle,
-            datasets.scratch() as features_file,
-            datasets.scratch() as labels_file,
+            Scratch(datasets) as features_file,
+            Scratch(datasets) as labels_file,
         ):
             reader = csv.reader(handle)
             try:
@@ -341,8 +418,8 @@ def _read_csv(
                     f"{reader.line_num}",
                 ) from None
             return (
-                _mapped(features_file, rows, len(feature_columns)),
-                _mapped(labels_file, rows, len(label_columns)),
+                features_file.rows(rows, len(feature_columns)),
+                labels_file.rows(rows, len(label_columns)),
             )
     except UnicodeDecodeError:
         raise InvalidArgument.field(
@@ -389,17 +466,6 @@ def _csv_blocks(reader: Any, columns: int, path: str) -> Iterator[Array]:
         yield np.array(block, dtype=np.float32)
 
 
-def _mapped(scratch: BinaryIO, rows: int, columns: int) -> Array:
-    """Map the float32 rows written to a scratch file, read-only."""
-    if rows * columns == 0:
-        return np.empty((rows, columns), dtype=np.float32)
-    scratch.flush()
-    mapped: Array = np.memmap(
-        scratch, dtype=np.float32, mode="r", shape=(rows, columns)
-    )
-    return mapped
-
-
 def _label_columns(header: list[str], data: spec_pb2.DataFile, path: str) -> list[int]:
     if not data.label_columns:
         return [len(header) - 1]
@@ -429,7 +495,7 @@ def _read_tfrecord(
     fields = (f"{path}.features_shape", f"{path}.labels_shape")
     sizes: list[int] = []
     rows = 0
-    with datasets.scratch() as features_file, datasets.scratch() as labels_file:
+    with Scratch(datasets) as features_file, Scratch(datasets) as labels_file:
         files = (features_file, labels_file)
         try:
             records = tf.data.TFRecordDataset(str(file)).as_numpy_iterator()
@@ -458,7 +524,7 @@ def _read_tfrecord(
         if not rows:
             return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
         features, labels = (
-            _mapped(scratch, rows, size).reshape(
+            scratch.rows(rows, size).reshape(
                 (rows, *_example_shape(shape, size, field))
             )
             for scratch, shape, size, field in zip(

@@ -438,6 +438,7 @@ class JobManager:
             if job in self._queue:
                 self._queue.remove(job)
                 self._end(job, Outcome(CANCELLED, "cancelled"))
+                self._close_log(job)
                 self._publish_counts()
             logger.info("job %s cancel requested", job_id)
             return job.record.to_proto()
