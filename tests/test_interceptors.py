@@ -168,16 +168,27 @@ def test_a_caller_that_cancels_an_upload_is_not_a_server_failure(
         sent.set()
         threading.Event().wait(30)
 
-    labels = {"grpc_type": "client_stream", "grpc_service": SERVICE,
-              "grpc_method": "client_stream", "grpc_code": "CANCELLED"}  # fmt: skip
+    def handled(code: str) -> float:
+        labels = {"grpc_type": "client_stream", "grpc_service": SERVICE,
+                  "grpc_method": "client_stream", "grpc_code": code}  # fmt: skip
+        return (
+            metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0
+        )
+
+    codes = ("OK", "CANCELLED", "INTERNAL", "UNKNOWN")
+    before = {code: handled(code) for code in codes}
     with caplog.at_level(logging.DEBUG, logger="kerasrpc.service"):
         with grpc.insecure_channel(address) as channel:
             call = channel.stream_unary(f"/{SERVICE}/client_stream").future(requests())
             sent.wait(10)
             call.cancel()
-        _wait_until(lambda: metrics.registry.get_sample_value(
-            "grpc_server_handled_total", labels) is not None)  # fmt: skip
+        _wait_until(lambda: any(handled(code) > before[code] for code in codes))
 
+    counted = [code for code in codes if handled(code) > before[code]]
+    # gRPC may hand the handler the cancel as the end of the requests, before
+    # the call shows as cancelled: the handler then returns as if done (OK).
+    # Either way the cancel is no server failure.
+    assert counted in (["CANCELLED"], ["OK"])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
