@@ -346,7 +346,9 @@ class Client:
 
         def messages() -> Iterator[training_service_pb2.UploadDatasetRequest]:
             yield training_service_pb2.UploadDatasetRequest(
-                header=training_service_pb2.UploadDatasetHeader(name=name)
+                header=training_service_pb2.UploadDatasetHeader(
+                    name=name, examples=len(x)
+                )
             )
             for start in range(0, len(x), rows):
                 chunk = training_service_pb2.DatasetChunk(

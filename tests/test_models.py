@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from kerasrpc.client import Client, KerasRpcError
 from kerasrpc.client.specs import load_message
+from kerasrpc.service.registry.signature import model_signature
 from kerasrpc.v1 import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -270,6 +271,24 @@ def test_exported_keras_file_imports_and_predicts_the_same(
     again = client.export_model(copy, tmp_path / "copy.keras")
     np.testing.assert_array_equal(keras_predict(again), keras_predict(exported))
     assert client.metadata(copy).outputs == client.metadata(source).outputs
+
+
+def test_metadata_opens_a_fixed_input_batch_and_keeps_output_shapes(
+    client: Client, tmp_path: Path
+) -> None:
+    features = keras.Input((4,), batch_size=32, name="features")
+    per_row = keras.layers.Dense(2, name="per_row")(features)
+    # Averaged over the batch: this output's first dimension is not the batch.
+    column_means = keras.layers.Lambda(
+        lambda x: keras.ops.mean(x, axis=0), name="column_means"
+    )(features)
+    model = keras.Model(features, [per_row, column_means])
+    inputs, outputs = model_signature(model)
+
+    assert [(s.name, list(s.shape)) for s in inputs] == [("features", [-1, 4])]
+    assert [s.name for s in outputs] == ["per_row", "column_means"]
+    assert list(outputs[0].shape)[1:] == [2]
+    assert list(outputs[1].shape) == [4]
 
 
 def test_import_of_garbage_is_invalid_and_stores_nothing(

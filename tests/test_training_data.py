@@ -126,8 +126,26 @@ def test_upload_with_mismatched_chunks_is_refused(client: Client) -> None:
             "header",
             "header: expected a header as the first message, received a chunk",
         ),
+        (
+            training_service_pb2.UploadDatasetRequest(
+                header=training_service_pb2.UploadDatasetHeader(
+                    name="cut-short", examples=10
+                )
+            ),
+            "header.examples",
+            "header.examples: expected the 10 examples the header declares, received 4",
+        ),
+        (
+            training_service_pb2.UploadDatasetRequest(
+                header=training_service_pb2.UploadDatasetHeader(
+                    name="negative", examples=-1
+                )
+            ),
+            "header.examples",
+            "header.examples: expected a number of examples >= 0, received -1",
+        ),
     ],
-    ids=["empty name", "no header"],
+    ids=["empty name", "no header", "fewer than declared", "negative count"],
 )
 def test_upload_without_a_named_header_blames_the_header(
     client: Client, first: Any, field: str, message: str
@@ -402,6 +420,12 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def _raw_npy(header: bytes) -> bytes:
+    """Return a version 1.0 .npy file with this header text and 64 bytes of values."""
+    padded = header.ljust(118) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + bytes(64)
+
+
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=True)
@@ -425,8 +449,11 @@ def _npy(array: np.ndarray) -> bytes:
         (_npy_header((-1, 2)) + b"\0" * 64,
          "features.npy declares a negative size in [-1, 2]"),
         (b"not an array", "the magic string is not correct"),
+        (_raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (4, }"),
+         "features.npy has a header that does not parse"),
     ],
-    ids=["objects", "short", "long", "huge-shape", "negative-shape", "not-npy"],
+    ids=["objects", "short", "long", "huge-shape", "negative-shape", "not-npy",
+         "bad-header"],
 )  # fmt: skip
 def test_a_bad_npz_member_is_refused_naming_it(
     tmp_path: Path, content: bytes, expected: str
@@ -523,6 +550,19 @@ def test_scratch_files_that_fail_are_the_servers_fault_not_the_files(
     assert expected in error.value.message
     assert f"'train{suffix}'" in error.value.message
     assert str(tmp_path) not in error.value.message
+
+
+def test_a_bad_file_is_named_even_when_its_scratch_files_fail_too(
+    tmp_path: Path,
+) -> None:
+    _tfrecord(tmp_path / "t.tfrecord", [([1, 2], [0]), ([1, 2, 3], [0])])
+    source = spec_pb2.DataFile(path="t.tfrecord")
+
+    # The scratch files fail as they close, while the refusal is on its way.
+    with pytest.raises(InvalidArgument) as error:
+        read_file(source, "file", tmp_path, FullDisk(tmp_path / "datasets"))
+
+    assert "received 2 values in record 0 and 3 in record 1" in error.value.message
 
 
 @pytest.mark.parametrize(

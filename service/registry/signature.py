@@ -31,14 +31,16 @@ def model_signature(
     """
     symbolic = _symbolic_inputs(model)
     if symbolic is not None:
-        inputs = [_spec(_input_name(t), t.dtype, t.shape) for t in symbolic]
+        inputs = [
+            _spec(_input_name(t), t.dtype, t.shape, batch_first=True) for t in symbolic
+        ]
         outputs = _outputs(model, keras.tree.flatten(model.outputs))
         return inputs, outputs
 
     shape = _built_shape(model)
     name = _call_argument(model)
     dtype = model.input_dtype
-    inputs = [_spec(name, dtype, shape)]
+    inputs = [_spec(name, dtype, shape, batch_first=True)]
     spec = model.compute_output_spec(keras.KerasTensor(shape, dtype=dtype))
     return inputs, _outputs(model, keras.tree.flatten(spec))
 
@@ -68,7 +70,9 @@ def _built_shape(model: keras.Model) -> tuple[int | None, ...]:
             f"the model {model.name!r} was never built or called on one input, "
             "so its input shape is unknown"
         )
-    return tuple(shape)
+    # The first dimension is the batch: a model called on a batch of 32
+    # records 32 there, but is served batches of any size.
+    return (None, *shape[1:])
 
 
 def _call_argument(model: keras.Model) -> str:
@@ -90,18 +94,22 @@ def _output_names(model: keras.Model, count: int) -> list[str]:
     return [f"output_{i}" for i in range(count)]
 
 
-def _spec(name: str, dtype: Any, shape: Any) -> tensor_pb2.TensorSpec:
-    """Describe a tensor; its first dimension, the batch, is of any size.
+def _spec(
+    name: str, dtype: Any, shape: Any, *, batch_first: bool = False
+) -> tensor_pb2.TensorSpec:
+    """Describe a tensor; with `batch_first`, its first dimension is of any size.
 
-    The service computes any batch size with every model, so a batch size
-    fixed in the model (keras.Input(batch_size=32)) is not one callers must
-    send.
+    The service feeds inputs of any batch size to every model, so a batch
+    size fixed in the model (keras.Input(batch_size=32)) is not one callers
+    must send. Outputs keep the shapes the model gives them.
     """
     dims = [-1 if d is None else int(d) for d in shape]
+    if batch_first and dims:
+        dims[0] = -1
     return tensor_pb2.TensorSpec(
         name=name,
         dtype=_data_type(dtype),  # type: ignore[arg-type]
-        shape=[-1, *dims[1:]] if dims else [],
+        shape=dims,
     )
 
 

@@ -111,7 +111,7 @@ class VersionRecord:
             description=str(data.get("description", "")),
             parameter_count=int(data.get("parameter_count", 0)),
             size_bytes=int(data.get("size_bytes", 0)),
-            inputs=[_tensor_spec(s) for s in signature.get("inputs", [])],
+            inputs=[_input_spec(s) for s in signature.get("inputs", [])],
             outputs=[_tensor_spec(s) for s in signature.get("outputs", [])],
         )
 
@@ -305,9 +305,16 @@ def check_model_file(path: Path) -> str:
 
 
 def _tensor_spec(data: dict[str, Any]) -> tensor_pb2.TensorSpec:
-    spec = json_format.ParseDict(data, tensor_pb2.TensorSpec())
-    # Versions stored by earlier releases may record the batch size the model
-    # was built on; every version serves batches of any size.
+    return json_format.ParseDict(data, tensor_pb2.TensorSpec())
+
+
+def _input_spec(data: dict[str, Any]) -> tensor_pb2.TensorSpec:
+    """Read an input's spec; its first dimension, the batch, is of any size.
+
+    Versions stored by earlier releases may record the batch size the model
+    was built on; every version is fed batches of any size.
+    """
+    spec = _tensor_spec(data)
     if spec.shape:
         spec.shape[0] = -1
     return spec

@@ -93,7 +93,11 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     ) -> training_service_pb2.UploadDatasetResponse:
         """Store a client-streamed dataset."""
         header = _dataset_header(next(request_iterator, None))
-        dataset = self._app.jobs.upload_dataset(header.name, _chunks(request_iterator))
+        # gRPC may end the requests of a cancelled call as if they were all
+        # sent: the declared count and the call's state tell the two apart.
+        dataset = self._app.jobs.upload_dataset(
+            header, _chunks(request_iterator), context.is_active
+        )
         return training_service_pb2.UploadDatasetResponse(dataset=dataset)
 
     def ListDatasets(

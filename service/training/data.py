@@ -9,6 +9,7 @@ import lzma
 import math
 import os
 import shutil
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -183,9 +184,15 @@ class Scratch:
     def __enter__(self) -> Scratch:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        with _servers_fault():
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            with _servers_fault():
+                self._file.close()
+            return
+        try:  # the error on its way out says more than this one
             self._file.close()
+        except OSError as error:
+            logger.warning("cannot close a scratch file: %s", error)
 
     def write(self, data: bytes) -> None:
         """Append bytes."""
@@ -335,12 +342,17 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
     """
     with archive.open(member) as stream:
         version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"{member} is in .npy format {version}, not 1.0 or 2.0")
+        try:
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ValueError(
+                    f"{member} is in .npy format {version}, not 1.0 or 2.0"
+                )
+        except (SyntaxError, tokenize.TokenError):
+            raise ValueError(f"{member} has a header that does not parse") from None
         if dtype.hasobject:
             raise ValueError(f"{member} holds Python objects, not numbers")
         if any(size < 0 for size in shape):

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from kerasrpc.client.tensors import TensorFormatError, data_type, to_array
 from kerasrpc.service.durable import sync_directory, sync_file, write_atomic
-from kerasrpc.service.errors import InvalidArgument, NotFound
+from kerasrpc.service.errors import Cancelled, InvalidArgument, NotFound
 from kerasrpc.service.training.records import now
 from kerasrpc.v1 import tensor_pb2, training_service_pb2
 
@@ -90,19 +90,42 @@ class DatasetStore:
             shutil.rmtree(partial, ignore_errors=True)
 
     def upload(
-        self, name: str, chunks: Iterable[training_service_pb2.DatasetChunk]
+        self,
+        name: str,
+        chunks: Iterable[training_service_pb2.DatasetChunk],
+        *,
+        declared_examples: int = 0,
+        still_wanted: Callable[[], bool] = lambda: True,
     ) -> StoredDataset:
         """Append the chunks' rows to new files and store them as one dataset.
 
+        Args:
+            name: the dataset's name.
+            chunks: its rows, in order.
+            declared_examples: how many examples the chunks hold, or 0 if
+                the sender did not say.
+            still_wanted: False once the sender has gone; the chunks may then
+                have ended early.
+
         Raises:
-            InvalidArgument: a chunk is malformed or unlike the first one, or
-                there were no rows at all. Nothing is stored then.
+            InvalidArgument: a chunk is malformed or unlike the first one,
+                there were no rows at all, or not the declared number.
+            Cancelled: the sender went away before the upload was stored.
+            Nothing is stored in either case.
         """
         dataset_id = uuid.uuid4().hex[:16]
         partial = self.root / f".upload-{dataset_id}"
         partial.mkdir()
         try:
             stored = self._write(dataset_id, name, chunks, partial)
+            if declared_examples and stored.examples != declared_examples:
+                raise InvalidArgument.field(
+                    "header.examples",
+                    f"expected the {declared_examples} examples the header "
+                    f"declares, received {stored.examples}",
+                )
+            if not still_wanted():
+                raise Cancelled("the upload was cancelled; nothing was stored")
             sync_directory(partial)
             partial.rename(self.root / dataset_id)
             sync_directory(self.root)

@@ -437,8 +437,10 @@ class JobManager:
             job.cancel.set()
             if job in self._queue:
                 self._queue.remove(job)
-                self._end(job, Outcome(CANCELLED, "cancelled"))
-                self._close_log(job)
+                try:
+                    self._end(job, Outcome(CANCELLED, "cancelled"))
+                finally:
+                    self._close_log(job)
                 self._publish_counts()
             logger.info("job %s cancel requested", job_id)
             return job.record.to_proto()
@@ -497,19 +499,35 @@ class JobManager:
     # -- datasets -----------------------------------------------------------
 
     def upload_dataset(
-        self, name: str, chunks: Iterable[training_service_pb2.DatasetChunk]
+        self,
+        header: training_service_pb2.UploadDatasetHeader,
+        chunks: Iterable[training_service_pb2.DatasetChunk],
+        still_wanted: Callable[[], bool],
     ) -> training_service_pb2.Dataset:
         """Store an uploaded dataset; return it.
 
         Raises:
-            InvalidArgument: the name is empty, or a chunk is malformed; nothing
-                is stored then.
+            InvalidArgument: the name is empty, a chunk is malformed, or the
+                chunks do not hold the examples the header declares.
+            Cancelled: the sender went away first.
+            Nothing is stored in any of these cases.
         """
-        if not name:
+        if not header.name:
             raise InvalidArgument.field(
                 "header.name", "expected a dataset name, received an empty string"
             )
-        return self.datasets.upload(name, chunks).to_proto()
+        if header.examples < 0:
+            raise InvalidArgument.field(
+                "header.examples",
+                f"expected a number of examples >= 0, received {header.examples}",
+            )
+        stored = self.datasets.upload(
+            header.name,
+            chunks,
+            declared_examples=header.examples,
+            still_wanted=still_wanted,
+        )
+        return stored.to_proto()
 
     def list_datasets(self) -> list[training_service_pb2.Dataset]:
         """Return every uploaded dataset."""

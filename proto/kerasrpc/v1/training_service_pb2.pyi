@@ -745,16 +745,24 @@ class UploadDatasetHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A name for the dataset, shown in listings."""
+    examples: _builtins.int
+    """The number of examples the chunks hold in all, or 0 when unknown. When
+    set, an upload whose chunks hold another number is refused and stores
+    nothing, so a stream cut short by a cancelled or broken call cannot
+    store part of a dataset.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        examples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
