@@ -339,8 +339,23 @@ class Client:
         *,
         chunk_bytes: int = 4 * CHUNK_BYTES,
     ) -> training_service_pb2.Dataset:
-        """Upload features and labels in chunks; return the stored dataset."""
+        """Upload features and labels in chunks; return the stored dataset.
+
+        Raises:
+            ValueError: features or labels are scalars, or their numbers of
+                rows differ; nothing is sent then.
+        """
         x, y = np.asarray(features), np.asarray(labels)
+        if x.ndim == 0 or y.ndim == 0:
+            raise ValueError(
+                "expected features and labels of shape (rows, ...), received "
+                f"shapes {list(x.shape)} and {list(y.shape)}"
+            )
+        if len(x) != len(y):
+            raise ValueError(
+                f"expected as many labels as features, received {len(x)} rows of "
+                f"features and {len(y)} of labels"
+            )
         row_bytes = max(1, x[:1].nbytes + y[:1].nbytes)
         rows = max(1, chunk_bytes // row_bytes)
 

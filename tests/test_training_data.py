@@ -6,6 +6,7 @@ import csv
 import gc
 import io
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,7 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kerasrpc.client import Client
 from kerasrpc.client.errors import KerasRpcError
-from kerasrpc.service.errors import Internal, InvalidArgument, ResourceExhausted
+from kerasrpc.service.errors import (
+    Cancelled,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from kerasrpc.service.training.data import CSV_BLOCK_ROWS, read_file
 from kerasrpc.service.training.datasets import DatasetStore
 from kerasrpc.v1 import spec_pb2, training_service_pb2
@@ -111,6 +117,51 @@ def test_upload_with_mismatched_chunks_is_refused(client: Client) -> None:
     assert len(client.list_datasets()) == before
 
 
+def _chunks_of(rows: int) -> list[training_service_pb2.DatasetChunk]:
+    x, y = linear_data(rows=rows)
+    return [training_service_pb2.DatasetChunk(features=_tensor(x), labels=_tensor(y))]
+
+
+@pytest.mark.parametrize(
+    ("declared", "still_wanted", "refusal"),
+    [(5, True, InvalidArgument), (0, False, Cancelled)],
+    ids=["count", "cancelled"],
+)
+def test_a_refused_upload_leaves_nothing_in_the_datasets_folder(
+    tmp_path: Path, declared: int, still_wanted: bool, refusal: Any
+) -> None:
+    datasets = DatasetStore(tmp_path / "datasets")
+
+    with pytest.raises(refusal):
+        datasets.upload(
+            "refused",
+            _chunks_of(4),
+            declared_examples=declared,
+            still_wanted=lambda: still_wanted,
+        )
+
+    assert list(datasets.root.iterdir()) == []  # hidden folders included
+
+
+@pytest.mark.parametrize(
+    ("features", "labels", "expected"),
+    [
+        (np.zeros((5, 2)), np.zeros((10, 1)), "5 rows of features and 10 of labels"),
+        (np.float32(1), np.zeros((1, 1)), "received shapes [] and [1, 1]"),
+    ],
+    ids=["rows", "scalar"],
+)
+def test_the_client_refuses_to_upload_unmatched_features_and_labels(
+    client: Client, features: Any, labels: Any, expected: str
+) -> None:
+    before = len(client.list_datasets())
+
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        client.upload_dataset("unmatched", features, labels)
+
+    assert len(client.list_datasets()) == before
+
+
 @pytest.mark.parametrize(
     ("first", "field", "message"),
     [
@@ -144,9 +195,22 @@ def test_upload_with_mismatched_chunks_is_refused(client: Client) -> None:
             "header.examples",
             "header.examples: expected a number of examples >= 0, received -1",
         ),
+        (
+            training_service_pb2.UploadDatasetRequest(
+                header=training_service_pb2.UploadDatasetHeader(
+                    name="overlong", examples=2
+                )
+            ),
+            "header.examples",
+            "header.examples: expected the 2 examples the header declares, "
+            "received at least 4",
+        ),
     ],
-    ids=["empty name", "no header", "fewer than declared", "negative count"],
-)
+    ids=[
+        "empty name", "no header", "fewer than declared", "negative count",
+        "more than declared",
+    ],
+)  # fmt: skip
 def test_upload_without_a_named_header_blames_the_header(
     client: Client, first: Any, field: str, message: str
 ) -> None:
@@ -451,9 +515,13 @@ def _npy(array: np.ndarray) -> bytes:
         (b"not an array", "the magic string is not correct"),
         (_raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (4, }"),
          "features.npy has a header that does not parse"),
+        # Python's parser runs out of memory on so many unary minuses.
+        (_raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': ("
+                  + b"-" * 9000 + b"4,), }"),
+         "features.npy has a header that does not parse"),
     ],
     ids=["objects", "short", "long", "huge-shape", "negative-shape", "not-npy",
-         "bad-header"],
+         "bad-header", "deep-header"],
 )  # fmt: skip
 def test_a_bad_npz_member_is_refused_naming_it(
     tmp_path: Path, content: bytes, expected: str

@@ -34,8 +34,7 @@ def model_signature(
         inputs = [
             _spec(_input_name(t), t.dtype, t.shape, batch_first=True) for t in symbolic
         ]
-        outputs = _outputs(model, keras.tree.flatten(model.outputs))
-        return inputs, outputs
+        return inputs, _outputs(model, _symbolic_outputs(model, symbolic))
 
     shape = _built_shape(model)
     name = _call_argument(model)
@@ -52,6 +51,20 @@ def _symbolic_inputs(model: keras.Model) -> list[Any] | None:
     except AttributeError:
         return None
     return None if tensors is None else list(keras.tree.flatten(tensors))
+
+
+def _symbolic_outputs(model: keras.Model, inputs: list[Any]) -> list[Any]:
+    """Return the model's output tensors as it computes them for any batch size.
+
+    An Input given a batch size (keras.Input(batch_size=32)) fixes the batch
+    dimension of the outputs that follow it; the service feeds any batch
+    size, so such outputs are worked out again on inputs of open batch size.
+    """
+    if all(t.shape[0] is None for t in inputs):
+        return list(keras.tree.flatten(model.outputs))
+    fed = [keras.KerasTensor((None, *t.shape[1:]), dtype=t.dtype) for t in inputs]
+    spec = model.compute_output_spec(fed if len(fed) > 1 else fed[0])
+    return list(keras.tree.flatten(spec))
 
 
 def _input_name(tensor: Any) -> str:

@@ -351,7 +351,8 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
                 raise ValueError(
                     f"{member} is in .npy format {version}, not 1.0 or 2.0"
                 )
-        except (SyntaxError, tokenize.TokenError):
+        except (SyntaxError, tokenize.TokenError, RecursionError, MemoryError):
+            # numpy reads the header as a Python literal
             raise ValueError(f"{member} has a header that does not parse") from None
         if dtype.hasobject:
             raise ValueError(f"{member} holds Python objects, not numbers")

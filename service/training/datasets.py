@@ -117,13 +117,9 @@ class DatasetStore:
         partial = self.root / f".upload-{dataset_id}"
         partial.mkdir()
         try:
-            stored = self._write(dataset_id, name, chunks, partial)
+            stored = self._write(dataset_id, name, chunks, partial, declared_examples)
             if declared_examples and stored.examples != declared_examples:
-                raise InvalidArgument.field(
-                    "header.examples",
-                    f"expected the {declared_examples} examples the header "
-                    f"declares, received {stored.examples}",
-                )
+                raise _not_declared(declared_examples, stored.examples)
             if not still_wanted():
                 raise Cancelled("the upload was cancelled; nothing was stored")
             sync_directory(partial)
@@ -143,6 +139,7 @@ class DatasetStore:
         name: str,
         chunks: Iterable[training_service_pb2.DatasetChunk],
         folder: Path,
+        declared_examples: int,
     ) -> StoredDataset:
         columns: tuple[Column, Column] | None = None
         rows = 0
@@ -157,6 +154,8 @@ class DatasetStore:
                 features_file.write(np.ascontiguousarray(x).tobytes())
                 labels_file.write(np.ascontiguousarray(y).tobytes())
                 rows += len(x)
+                if declared_examples and rows > declared_examples:
+                    raise _not_declared(declared_examples, rows, so_far=True)
         if columns is None or rows == 0:
             raise InvalidArgument.field(
                 "chunk", "expected at least one chunk with rows, received none"
@@ -223,6 +222,17 @@ class DatasetStore:
         if not dataset_id or not dataset_id.isalnum():
             raise NotFound(f"dataset {dataset_id!r} not found")
         return self.root / dataset_id
+
+
+def _not_declared(
+    declared: int, received: int, *, so_far: bool = False
+) -> InvalidArgument:
+    at_least = "at least " if so_far else ""
+    return InvalidArgument.field(
+        "header.examples",
+        f"expected the {declared} examples the header declares, received "
+        f"{at_least}{received}",
+    )
 
 
 def _decode_chunk(
