@@ -467,6 +467,15 @@ def test_npz_arrays_are_copied_to_memory_maps_the_archive_cannot_change(
     assert _held_under(datasets.root) == []
 
 
+def _refused(
+    source: spec_pb2.DataFile, folder: Path, datasets: DatasetStore
+) -> InvalidArgument:
+    """Read a data file under `folder` that must be refused; return why."""
+    with pytest.raises(InvalidArgument) as error:
+        read_file(source, "file", folder, datasets)
+    return error.value
+
+
 def _npz_with(
     tmp_path: Path, member: str, content: bytes, compression: int = zipfile.ZIP_STORED
 ) -> Path:
@@ -529,12 +538,11 @@ def test_a_bad_npz_member_is_refused_naming_it(
     _npz_with(tmp_path, "features.npy", content)
     datasets = DatasetStore(tmp_path / "datasets")
 
-    with pytest.raises(InvalidArgument) as error:
-        read_file(spec_pb2.DataFile(path="bad.npz"), "file", tmp_path, datasets)
+    error = _refused(spec_pb2.DataFile(path="bad.npz"), tmp_path, datasets)
 
-    assert [v.field for v in error.value.violations] == ["file.path"]
-    assert "expected a readable .npz file" in error.value.message
-    assert expected in error.value.message
+    assert [v.field for v in error.violations] == ["file.path"]
+    assert "expected a readable .npz file" in error.message
+    assert expected in error.message
     assert _held_under(datasets.root) == []
 
 
@@ -627,10 +635,9 @@ def test_a_bad_file_is_named_even_when_its_scratch_files_fail_too(
     source = spec_pb2.DataFile(path="t.tfrecord")
 
     # The scratch files fail as they close, while the refusal is on its way.
-    with pytest.raises(InvalidArgument) as error:
-        read_file(source, "file", tmp_path, FullDisk(tmp_path / "datasets"))
+    error = _refused(source, tmp_path, FullDisk(tmp_path / "datasets"))
 
-    assert "received 2 values in record 0 and 3 in record 1" in error.value.message
+    assert "received 2 values in record 0 and 3 in record 1" in error.message
 
 
 @pytest.mark.parametrize(
@@ -648,11 +655,10 @@ def test_a_corrupt_compressed_npz_member_is_refused(
     archive.write_bytes(data)
     datasets = DatasetStore(tmp_path / "datasets")
 
-    with pytest.raises(InvalidArgument) as error:
-        read_file(spec_pb2.DataFile(path="bad.npz"), "file", tmp_path, datasets)
+    error = _refused(spec_pb2.DataFile(path="bad.npz"), tmp_path, datasets)
 
-    assert [v.field for v in error.value.violations] == ["file.path"]
-    assert "expected a readable .npz file" in error.value.message
+    assert [v.field for v in error.violations] == ["file.path"]
+    assert "expected a readable .npz file" in error.message
 
 
 def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:
@@ -665,22 +671,20 @@ def test_an_encrypted_npz_member_is_refused(tmp_path: Path) -> None:
     (tmp_path / "locked.npz").write_bytes(data)
     datasets = DatasetStore(tmp_path / "datasets")
 
-    with pytest.raises(InvalidArgument) as error:
-        read_file(spec_pb2.DataFile(path="locked.npz"), "file", tmp_path, datasets)
+    error = _refused(spec_pb2.DataFile(path="locked.npz"), tmp_path, datasets)
 
-    assert [v.field for v in error.value.violations] == ["file.path"]
-    assert "encrypted" in error.value.message
+    assert [v.field for v in error.violations] == ["file.path"]
+    assert "encrypted" in error.message
 
 
 def test_an_npz_key_that_is_absent_names_the_keys_there(tmp_path: Path) -> None:
     np.savez(tmp_path / "train.npz", inputs=np.zeros((2, 1)), labels=np.zeros((2, 1)))
     datasets = DatasetStore(tmp_path / "datasets")
 
-    with pytest.raises(InvalidArgument) as error:
-        read_file(spec_pb2.DataFile(path="train.npz"), "file", tmp_path, datasets)
+    error = _refused(spec_pb2.DataFile(path="train.npz"), tmp_path, datasets)
 
-    assert [v.field for v in error.value.violations] == ["file.features_key"]
-    assert "(one of ['inputs', 'labels']), received 'features'" in error.value.message
+    assert [v.field for v in error.violations] == ["file.features_key"]
+    assert "(one of ['inputs', 'labels']), received 'features'" in error.message
 
 
 def _held_under(folder: Path) -> list[str]:
@@ -758,11 +762,10 @@ def test_tfrecord_lengths_that_do_not_fit_are_refused(
     source = spec_pb2.DataFile(path="t.tfrecord", features_shape=shape)
     datasets = DatasetStore(tmp_path / "datasets")
 
-    with pytest.raises(InvalidArgument) as error:
-        read_file(source, "file", tmp_path, datasets)
+    error = _refused(source, tmp_path, datasets)
 
-    assert [v.field for v in error.value.violations] == [field]
-    assert expected in error.value.message
+    assert [v.field for v in error.violations] == [field]
+    assert expected in error.message
 
 
 def test_a_job_cancelled_while_queued_lets_go_of_its_files(
