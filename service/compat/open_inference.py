@@ -147,10 +147,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
         context: grpc.ServicerContext,
     ) -> codec.Encoded:
         """Predict one batch and return the outputs as raw bytes."""
-        if isinstance(received, InferRequest):
-            request, raw = received.message, received.raw_input_contents
-        else:
-            request, raw = received, list(received.raw_input_contents)
+        request, raw = _parts(received)
         with self._app.inference.counting_refusals(PROTOCOL):
             if not request.model_name:
                 raise InvalidArgument.field("model_name", "required")
@@ -205,8 +202,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
             text = f"{status_code(error).name}: {error.message}"
             failed = service_pb2.ModelStreamInferResponse(error_message=text)
             # The id tells a client which of its requests failed.
-            message = request.message if isinstance(request, InferRequest) else request
-            failed.infer_response.id = message.id
+            failed.infer_response.id = _parts(request)[0].id
             return codec.Encoded([failed.SerializeToString()])
         return answer.nested(STREAM_INFER_RESPONSE)
 
@@ -250,6 +246,15 @@ class InferRequest:
 
     message: service_pb2.ModelInferRequest
     raw_input_contents: list[memoryview]
+
+
+def _parts(
+    received: service_pb2.ModelInferRequest | InferRequest,
+) -> tuple[service_pb2.ModelInferRequest, list[bytes] | list[memoryview]]:
+    """Return a request's message and its raw inputs, wherever they were kept."""
+    if isinstance(received, InferRequest):
+        return received.message, received.raw_input_contents
+    return received, list(received.raw_input_contents)
 
 
 def decode_infer_request(

@@ -202,7 +202,13 @@ class Scratch:
     def mapped(
         self, dtype: np.dtype[Any], shape: Any, order: Literal["C", "F"] = "C"
     ) -> Array:
-        """Map what was written, read-only, as an array of `dtype` and `shape`."""
+        """Map what was written, read-only, as an array of `dtype` and `shape`.
+
+        An array of no values is an empty one: a file of no bytes cannot be
+        mapped.
+        """
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype=dtype)
         with _servers_fault():
             self._file.flush()
             array: Array = np.memmap(
@@ -211,9 +217,7 @@ class Scratch:
         return array
 
     def rows(self, rows: int, columns: int) -> Array:
-        """Map what was written as float32 rows; no rows map to an empty array."""
-        if rows * columns == 0:
-            return np.empty((rows, columns), dtype=np.float32)
+        """Map what was written as float32 rows."""
         return self.mapped(np.dtype(np.float32), (rows, columns))
 
 
@@ -366,8 +370,6 @@ def _npz_array(archive: zipfile.ZipFile, member: str, datasets: DatasetStore) ->
                 f"{member} holds {declared} bytes of values, where its shape "
                 f"{list(shape)} and dtype {dtype.name} take {expected}"
             )
-        if expected == 0:
-            return np.empty(shape, dtype=dtype)
         with _servers_fault():
             free = shutil.disk_usage(datasets.root).free
         if expected > free:

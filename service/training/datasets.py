@@ -118,8 +118,6 @@ class DatasetStore:
         partial.mkdir()
         try:
             stored = self._write(dataset_id, name, chunks, partial, declared_examples)
-            if declared_examples and stored.examples != declared_examples:
-                raise _not_declared(declared_examples, stored.examples)
             if not still_wanted():
                 raise Cancelled("the upload was cancelled; nothing was stored")
             sync_directory(partial)
@@ -160,6 +158,8 @@ class DatasetStore:
             raise InvalidArgument.field(
                 "chunk", "expected at least one chunk with rows, received none"
             )
+        if declared_examples and rows != declared_examples:
+            raise _not_declared(declared_examples, rows)
 
         sync_file(folder / FEATURES_FILE)
         sync_file(folder / LABELS_FILE)
